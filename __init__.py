@@ -1,0 +1,9 @@
+"""ComfyUI entry point of the EMO node pack. Importing this is cheap: no models are
+loaded and nothing is downloaded until a node runs."""
+try:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+except ImportError:  # imported outside a package (e.g. by pytest's rootdir conftest)
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+
+WEB_DIRECTORY = None
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
