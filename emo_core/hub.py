@@ -1,0 +1,203 @@
+"""Model-file helper: fetch a single file on first use, atomically, with a clear offline error.
+
+Nothing here runs at import time. ``ensure_file`` returns at once when the file exists
+(and matches ``sha256`` when one is given); otherwise it downloads to a temporary file in
+the destination folder, checks it, and renames it into place, so an interrupted download
+never leaves a half-written model behind. When the network is unreachable it raises
+:class:`ModelFileMissing`, whose message says which file to put where and where to get it.
+
+``KNOWN_FILES`` lists the files the preprocessing needs, with their public URLs;
+``ensure_known(name, models_dir)`` fetches one of them by name.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes done, total bytes or None)
+
+
+class ModelFileMissing(FileNotFoundError):
+    """A model file is absent and could not be fetched; the message tells the user what to do."""
+
+
+class ChecksumMismatch(ValueError):
+    """A downloaded or existing file does not have the expected sha256."""
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    name: str                       # file name on disk
+    url: str                        # where it is downloaded from
+    sha256: Optional[str] = None    # expected digest when pinned
+    archive_member: Optional[str] = None  # when ``url`` is a zip: the member to extract
+    description: str = ""
+
+
+KNOWN_FILES: dict[str, KnownFile] = {
+    f.name: f
+    for f in (
+        KnownFile(
+            "face_landmarker.task",
+            "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
+            description="MediaPipe Tasks FaceLandmarker (478 landmarks, blendshapes, head pose matrix)",
+        ),
+        KnownFile(
+            "face_landmarker_v2_with_blendshapes.task",
+            "https://huggingface.co/fudan-generative-ai/hallo/resolve/main/face_analysis/models/face_landmarker_v2_with_blendshapes.task",
+            description="the same FaceLandmarker as shipped in Hallo's pretrained_models/face_analysis/models",
+        ),
+        KnownFile(
+            "blaze_face_short_range.tflite",
+            "https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/float16/1/blaze_face_short_range.tflite",
+            description="MediaPipe Tasks FaceDetector (BlazeFace short range)",
+        ),
+        KnownFile(
+            "glintr100.onnx",
+            "https://huggingface.co/fudan-generative-ai/hallo/resolve/main/face_analysis/models/glintr100.onnx",
+            description="insightface antelopev2 ArcFace recognition model (512-d), as used by Hallo",
+        ),
+        KnownFile(
+            "w600k_r50.onnx",
+            "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+            archive_member="w600k_r50.onnx",
+            description="insightface buffalo_l ArcFace recognition model (512-d)",
+        ),
+    )
+}
+
+
+def sha256_of(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+def _missing_message(dest: Path, url: str, reason: str, member: Optional[str] = None) -> str:
+    src = f"{url} (file {member} inside the zip)" if member else url
+    return (
+        f"model file {dest.name} is missing and could not be downloaded ({reason}).\n"
+        f"  Put the file at: {dest}\n"
+        f"  Get it from:     {src}"
+    )
+
+
+def _download(url: str, target: Path, progress_callback: Optional[ProgressCallback], timeout: float) -> None:
+    """Stream ``url`` (http(s) or file://) into ``target``."""
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "emo-portrait"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+        total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+        total = int(total) if total and str(total).isdigit() else None
+        done = 0
+        if progress_callback:
+            progress_callback(0, total)
+        while True:
+            block = response.read(1 << 20)
+            if not block:
+                break
+            out.write(block)
+            done += len(block)
+            if progress_callback:
+                progress_callback(done, total)
+
+
+def ensure_file(url: str, dest_path, sha256: Optional[str] = None,
+                progress_callback: Optional[ProgressCallback] = None, *,
+                archive_member: Optional[str] = None, timeout: float = 60.0) -> Path:
+    """Return ``dest_path``, downloading ``url`` there first if it is absent.
+
+    * existing file: returned as is (checked against ``sha256`` when given: a mismatch
+      raises :class:`ChecksumMismatch`, the file is left alone);
+    * download goes to a temporary file next to the destination and is renamed into place
+      only after it is complete and its sha256 matches;
+    * ``archive_member``: ``url`` is a zip archive and only that member is kept;
+    * unreachable network or missing remote file: :class:`ModelFileMissing` naming the
+      destination path and the URL.
+    """
+    dest = Path(dest_path).expanduser()
+    if dest.is_file():
+        if sha256 and sha256_of(dest) != sha256.lower():
+            raise ChecksumMismatch(
+                f"{dest} exists but its sha256 is {sha256_of(dest)}, expected {sha256}; "
+                f"delete it to download it again from {url}"
+            )
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            _download(url, tmp, progress_callback, timeout)
+        except Exception as exc:  # URLError, HTTPError, socket timeouts, OSError
+            raise ModelFileMissing(_missing_message(dest, url, f"{type(exc).__name__}: {exc}", archive_member)) from exc
+        if archive_member:
+            _extract_member(tmp, archive_member, dest, url)
+        if sha256:
+            got = sha256_of(tmp)
+            if got != sha256.lower():
+                raise ChecksumMismatch(f"download of {url} has sha256 {got}, expected {sha256}; {dest} was not written")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def _extract_member(archive: Path, member: str, dest: Path, url: str) -> None:
+    """Replace the downloaded zip at ``archive`` by its member called ``member`` (any folder)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if n == member or n.endswith("/" + member)]
+            if not names:
+                raise ModelFileMissing(_missing_message(dest, url, f"the archive has no {member}", member))
+            extracted = archive.with_suffix(".member")
+            with zf.open(names[0]) as src, open(extracted, "wb") as out:
+                shutil.copyfileobj(src, out)
+    except zipfile.BadZipFile as exc:
+        raise ModelFileMissing(_missing_message(dest, url, f"not a zip archive: {exc}", member)) from exc
+    os.replace(extracted, archive)
+
+
+def ensure_known(name: str, models_dir, progress_callback: Optional[ProgressCallback] = None,
+                 download: bool = True) -> Path:
+    """Path of the known file ``name`` inside ``models_dir``, fetched when absent.
+
+    With ``download=False`` a missing file raises :class:`ModelFileMissing` at once.
+    """
+    if name not in KNOWN_FILES:
+        raise KeyError(f"unknown model file {name!r}; known: {sorted(KNOWN_FILES)}")
+    info = KNOWN_FILES[name]
+    dest = Path(models_dir).expanduser() / info.name
+    if not download and not dest.is_file():
+        raise ModelFileMissing(_missing_message(dest, info.url, "downloads are disabled", info.archive_member))
+    return ensure_file(info.url, dest, info.sha256, progress_callback, archive_member=info.archive_member)
+
+
+def hf_file(repo_id: str, filename: str, dest_dir, revision: Optional[str] = None) -> Path:
+    """Fetch one file of a Hugging Face repository into ``dest_dir`` (huggingface_hub imported lazily)."""
+    dest = Path(dest_dir).expanduser() / filename
+    if dest.is_file():
+        return dest
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise ModelFileMissing(_missing_message(
+            dest, f"https://huggingface.co/{repo_id}/blob/{revision or 'main'}/{filename}", "huggingface_hub is not installed")) from exc
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_dir=str(dest_dir)))
+    except Exception as exc:
+        raise ModelFileMissing(_missing_message(
+            dest, f"https://huggingface.co/{repo_id}/blob/{revision or 'main'}/{filename}", f"{type(exc).__name__}: {exc}")) from exc
