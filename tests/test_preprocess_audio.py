@@ -305,3 +305,23 @@ def test_bad_files_name_file_and_reason(tmp_path):
         load_audio(silent_video)
     with pytest.raises(AudioError, match="is a folder"):
         load_audio(tmp_path)
+
+
+def test_load_wav2vec_old_weight_norm_layout_and_ctc_prefix(hallo_golden, tiny_w2v, tmp_path):
+    """Real wav2vec2-base-960h files are Wav2Vec2ForCTC checkpoints with weight_g/weight_v."""
+    from safetensors.torch import save_file
+
+    src = hallo_golden / "wav2vec2"
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    renamed = {
+        ("wav2vec2." + k).replace("parametrizations.weight.original0", "weight_g")
+        .replace("parametrizations.weight.original1", "weight_v"): v
+        for k, v in load_file(str(src / "model.safetensors")).items()
+    }
+    assert any(k.endswith("weight_g") for k in renamed)
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    other = load_wav2vec(tmp_path)
+    x = torch.from_numpy(normalize_waveform(_tone(0.6)[0]))[None]
+    torch.testing.assert_close(wav2vec_hidden_states(other, x, 15), wav2vec_hidden_states(tiny_w2v, x, 15), atol=0, rtol=0)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_wav2vec(tmp_path / "nowhere")

@@ -55,7 +55,7 @@ def load_wav2vec(folder, device="cpu", dtype=torch.float32):
             "(https://huggingface.co/facebook/wav2vec2-base-960h)"
         )
     model, info = Wav2Vec2Model.from_pretrained(
-        str(folder), local_files_only=True, output_loading_info=True, dtype=torch.float32
+        str(folder), local_files_only=True, output_loading_info=True
     )
     missing = [k for k in info.get("missing_keys", []) if "masked_spec_embed" not in k]
     if missing:
