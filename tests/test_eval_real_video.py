@@ -104,6 +104,7 @@ def test_evaluate_command_end_to_end(tmp_path, carphone, analyzer):
     assert "pt_inception" in rep["metrics"]["fid"]["skipped_reason"]  # file absent, not downloaded
     assert rep["metrics"]["motion_generated"]["value"] > 0
     assert out.with_suffix(".txt").read_text().startswith("metric")
+    assert "pt_inception-2015-12-05-6726825d.pth" in out.with_suffix(".txt").read_text()
 
 
 def test_node_without_comfyui(carphone):

@@ -84,7 +84,13 @@ def load_networks(config: EvalConfig, reference_given: bool) -> Networks:
     if "fsim" in need:
         try:
             from emo_core.preprocess.identity import FaceEmbedder
-            net.face_embedder = FaceEmbedder(_sub(config.models_dir, "face"))
+            embedder = FaceEmbedder(_sub(config.models_dir, "face"))
+            if getattr(embedder, "available", True):
+                net.face_embedder = embedder
+            else:  # it would return zero embeddings
+                net.unavailable["face_embedder"] = (
+                    f"ArcFace model (glintr100.onnx or w600k_r50.onnx) not found in {_sub(config.models_dir, 'face')}; "
+                    "get glintr100.onnx from https://huggingface.co/fudan-generative-ai/hallo (face_analysis/models/)")
         except Exception as err:
             net.unavailable["face_embedder"] = f"{type(err).__name__}: {err}"
     if "efid" in need:
@@ -344,7 +350,7 @@ def video_motion(v: Video, faces) -> dict:
     rots, idx = motion.rotations_from_faces(faces)
     if len(idx) >= 2:
         speed = None
-        try:
+        try:  # EMO's speed signal: 5-frame moving average of the geodesic speed
             from emo_core.preprocess.pose import rotation_speed
             speed = np.asarray(rotation_speed(rots), np.float64)
         except ImportError:
@@ -363,7 +369,8 @@ def video_motion(v: Video, faces) -> dict:
 
 
 MOTION_PROTOCOL = {
-    "head_pose": "face-mesh rotations (preprocess.pose), geodesic speed between frames",
+    "head_pose": "face-mesh rotations (preprocess.pose), geodesic speed between frames with a face, "
+                 "5-frame moving average (preprocess.pose.rotation_speed)",
     "mouth": "inner-lip gap (13-14) / outer eye corners (33-263)",
     "loudness": "RMS dB per 1/fps window",
     "flicker": "grey-level mean |I(t)-I(t-1)| and |I(t+1)-2I(t)+I(t-1)|, 0..255",

@@ -73,29 +73,23 @@ class EvalReport:
         return path
 
     def format_table(self) -> str:
-        rows = [("metric", "value", "details", "protocol")]
+        """One line per metric (name, value, counts and secondary numbers), then its protocol
+        (or, when skipped, the full reason) indented below it; skips and warnings at the end."""
+        lines = [f"{'metric':<18}{'value':>12}  details", "-" * 78]
         for name, r in self.metrics.items():
             details = ", ".join(f"{k}={_fmt(v)}" for k, v in {**r.extra, **r.counts}.items()
                                 if not isinstance(v, (dict, list)))
-            proto = "; ".join(f"{k}: {v}" for k, v in r.protocol.items())
-            if r.value is None:
-                details = "; ".join(x for x in (r.skipped_reason, details) if x)
-            rows.append((name, "skipped" if r.value is None else _fmt(r.value), details, proto))
-        widths = [max(len(str(row[i])) for row in rows[:]) for i in range(3)]
-        widths = [min(w, 60) for w in widths]
-        lines = []
-        for i, row in enumerate(rows):
-            lines.append("  ".join(str(c)[:60].ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
-            if i == 0:
-                lines.append("-" * (sum(widths) + 16))
+            value = "skipped" if r.value is None else _fmt(r.value)
+            lines.append(f"{name:<18}{value:>12}  {details}")
+            if r.value is None and r.skipped_reason:
+                lines.append(f"{'':<18}{'':>12}  reason: {r.skipped_reason}")
+            if r.protocol:
+                lines.append(f"{'':<18}{'':>12}  protocol: " + "; ".join(f"{k}: {v}" for k, v in r.protocol.items()))
         if self.skips:
-            lines.append("")
-            lines.append(f"skipped ({len(self.skips)}):")
+            lines += ["", f"skipped ({len(self.skips)}):"]
             lines += [f"  {s['metric']}: {s['video']}: {s['reason']}" for s in self.skips]
         if self.warnings:
-            lines.append("")
-            lines.append("warnings:")
-            lines += [f"  {w}" for w in self.warnings]
+            lines += ["", "warnings:"] + [f"  {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
