@@ -83,3 +83,28 @@ def test_missing_weights_message_names_file_and_url(tmp_path):
     target.parent.mkdir(parents=True)
     target.write_bytes(b"x")
     assert weights.resolve_weights("i3d", tmp_path) == target
+
+
+def test_download_goes_through_hub_and_checks_published_hash(tmp_path, monkeypatch):
+    import emo_core.hub as hub
+
+    calls = []
+
+    def fake_ensure_file(url, dest_path, sha256=None, progress_callback=None):
+        calls.append(url)
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        dest_path.write_bytes(b"not the published inception file")
+        return dest_path
+
+    monkeypatch.setattr(hub, "ensure_file", fake_ensure_file)
+    with pytest.raises(ValueError, match="6726825d"):
+        weights.resolve_weights("inception", tmp_path, download=True)
+    assert calls and calls[0].startswith("https://github.com/mseitzer/pytorch-fid/releases/")
+    assert not weights.weight_path("inception", tmp_path).exists()
+
+    def offline(url, dest_path, sha256=None, progress_callback=None):
+        raise hub.ModelFileMissing("network unreachable")
+
+    monkeypatch.setattr(hub, "ensure_file", offline)
+    with pytest.raises(weights.MissingWeightsError, match="network unreachable"):
+        weights.resolve_weights("syncnet", tmp_path, download=True)

@@ -87,5 +87,9 @@ def resolve_weights(key: str, models_dir=None, download: bool = False, progress_
         ensure_file(spec.url, path, sha256=None, progress_callback=progress_callback)
     except Exception as err:  # offline, HTTP error: keep the cause, add where the file goes
         raise MissingWeightsError(f"{hint} Download failed: {err}") from err
-    _check_prefix(path, spec.sha256_prefix)
+    try:
+        _check_prefix(path, spec.sha256_prefix)
+    except ValueError:
+        path.unlink(missing_ok=True)  # a wrong download must not be picked up next time
+        raise
     return path
