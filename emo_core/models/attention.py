@@ -26,7 +26,8 @@ class ReferenceFeatures:
     """What ReferenceNet hands to the backbone, keyed by transformer-block path
     (e.g. ``down_blocks.1.attentions.0.transformer_blocks.0``; both nets share the layout).
 
-    spatial[name]: [b, L, C]     the reference image's tokens (one row per backbone batch row)
+    spatial[name]: [b, L, C]     the reference image's tokens (one row per backbone batch row),
+                   or [b*f, L, C] to give every frame its own reference tokens
     motion[name]:  [b, n, L, C]  the n motion frames' tokens, or None when there are none
     active:        [b] bool      rows that attend to the reference; None means all rows
                                  (classifier-free guidance's unconditional half is False)
@@ -154,24 +155,26 @@ class RefReadProcessor:
         if self.name not in ref.spatial:
             raise KeyError(f"reference features have no entry for layer {self.name!r}")
         f = ctx.num_frames
-        tokens = ref.spatial[self.name]
-        if tokens.shape[0] * f != hidden_states.shape[0]:
+        tokens = ref.spatial[self.name].to(hidden_states.dtype)
+        rows = hidden_states.shape[0]
+        per_frame = 1 if tokens.shape[0] == rows else f
+        if tokens.shape[0] * per_frame != rows:
             raise ValueError(
-                f"layer {self.name}: reference batch {tokens.shape[0]} x {f} frames does not match "
-                f"{hidden_states.shape[0]} query rows")
+                f"layer {self.name}: {tokens.shape[0]} rows of reference tokens fit neither the batch "
+                f"({rows // f} clips) nor the {rows} frames")
         q = attn.to_q(hidden_states)
         k_own, v_own = attn.to_k(hidden_states), attn.to_v(hidden_states)
-        k_ref = repeat(attn.to_k(tokens), "b l c -> (b f) l c", f=f)
-        v_ref = repeat(attn.to_v(tokens), "b l c -> (b f) l c", f=f)
+        k_ref = repeat(attn.to_k(tokens), "b l c -> (b f) l c", f=per_frame)
+        v_ref = repeat(attn.to_v(tokens), "b l c -> (b f) l c", f=per_frame)
         k = torch.cat([k_own, k_ref], dim=1)
         v = torch.cat([v_own, v_ref], dim=1)
         if ref.active is None or bool(ref.active.all()):
             return attend_projected(attn, q, k, v)
-        rows = repeat(ref.active, "b -> (b f)", f=f)
+        on = repeat(ref.active, "b -> (b f)", f=f)
         out = torch.empty_like(hidden_states)
-        if rows.any():
-            out[rows] = attend_projected(attn, q[rows], k[rows], v[rows])
-        off = ~rows
+        if on.any():
+            out[on] = attend_projected(attn, q[on], k[on], v[on])
+        off = ~on
         out[off] = attend_projected(attn, q[off], k_own[off], v_own[off])
         return out
 

@@ -287,7 +287,7 @@ class Backbone(nn.Module):
         if audio is not None and audio.shape[0] != b * f:
             raise ValueError(f"audio tokens cover {cond.audio.shape[1]} frames but the clip has {f}")
         ref = cond.reference
-        if ref is not None:
+        if ref is not None and ref.batch == 1 and b > 1:
             ref = ref.expand(b)
             cond = Conditioning(**{**cond.__dict__, "reference": ref})
         speed = None if cond.speed is None else cond.speed.to(x.dtype)

@@ -55,8 +55,8 @@ class ReferenceNet(UNet2DConditionModel):
             res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
             size = skips[-1].shape[2:] if i < len(self.up_blocks) - 1 and skips else None
             if getattr(block, "has_cross_attention", False):
-                sample = block(sample, emb, res_hidden_states_tuple=res, encoder_hidden_states=encoder_hidden_states,
+                sample = block(sample, res, emb, encoder_hidden_states=encoder_hidden_states,
                                cross_attention_kwargs=ctx, upsample_size=size)
             else:
-                sample = block(sample, emb, res_hidden_states_tuple=res, upsample_size=size)
+                sample = block(sample, res, emb, upsample_size=size)
         return features, sample

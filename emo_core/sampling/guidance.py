@@ -1,0 +1,68 @@
+"""Classifier-free guidance over the backbone, with both halves in one batched forward.
+
+The unconditional half drops what Hallo drops: the reference (its self-attention sees only
+its own tokens), the audio tokens (zeros after projection), the face-locator features (zeros)
+and the identity (the projection of a zero embedding, given by the caller). Motion frames
+are kept in both halves: they are the video's past, not a condition to amplify.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..models.attention import ReferenceFeatures
+from ..models.backbone import Conditioning
+
+
+def unconditional(cond: Conditioning, null_identity: torch.Tensor | None) -> Conditioning:
+    ref = cond.reference
+    if ref is not None:
+        ref = ReferenceFeatures(ref.spatial, ref.motion, torch.zeros(ref.batch, dtype=torch.bool,
+                                                                       device=next(iter(ref.spatial.values())).device))
+    return replace(
+        cond,
+        reference=ref,
+        identity=null_identity if cond.identity is not None else None,
+        audio=None if cond.audio is None else torch.zeros_like(cond.audio),
+        face=None if cond.face is None else torch.zeros_like(cond.face),
+    )
+
+
+def batch_conditions(uncond: Conditioning, cond: Conditioning) -> Conditioning:
+    """[uncond, cond] along the batch, field by field."""
+    def cat(a, b):
+        if a is None and b is None:
+            return None
+        return torch.cat([a, b])
+
+    ref = None
+    if cond.reference is not None:
+        ref = ReferenceFeatures.cat([uncond.reference, cond.reference])
+    masks = None
+    if cond.region_masks is not None:
+        masks = {k: [_rows2(m) for m in v] for k, v in cond.region_masks.items()}
+    return Conditioning(reference=ref, identity=cat(uncond.identity, cond.identity), audio=cat(uncond.audio, cond.audio),
+                        face=cat(uncond.face, cond.face), speed=cat(uncond.speed, cond.speed),
+                        region_masks=masks, region_weights=cond.region_weights)
+
+
+def _rows2(mask: torch.Tensor) -> torch.Tensor:
+    return torch.cat([mask, mask])
+
+
+def guided(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float):
+    """Returns ``model_fn(x, t)`` for the sampler: one forward on [uncond, cond] and
+    ``uncond + scale * (cond - uncond)``; with scale <= 1 a single conditional forward."""
+    if scale <= 1.0:
+        return lambda x, t: model(x, t, cond)
+    return guided_batched(model, batch_conditions(unconditional(cond, null_identity), cond), scale)
+
+
+def guided_batched(model, both: Conditioning, scale: float):
+    """CFG over a conditioning already batched as [uncond, cond]."""
+    def model_fn(x, t):
+        out_uncond, out_cond = model(torch.cat([x, x]), t, both).chunk(2)
+        return out_uncond + scale * (out_cond - out_uncond)
+
+    return model_fn
