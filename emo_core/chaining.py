@@ -1,0 +1,47 @@
+"""Motion-frame chaining: a video of any length, clip after clip (EMO section 3.2).
+
+Each clip of f frames is generated with the last n frames of the previous clip as its
+motion frames; the first clip gets ``initial_motion`` (copies of the reference image, as
+Hallo does, or nothing for the paper's zero maps). The frame count is padded up to whole
+clips and the output trimmed back, so exactly ``num_frames`` frames come out.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+
+
+def plan_clips(num_frames: int, clip_frames: int) -> list[range]:
+    """Frame ranges of the clips; the last one may run past ``num_frames`` (padding)."""
+    if num_frames < 1:
+        raise ValueError(f"need at least one frame to generate, got {num_frames}")
+    if clip_frames < 1:
+        raise ValueError(f"clip length must be >= 1, got {clip_frames}")
+    return [range(i * clip_frames, (i + 1) * clip_frames) for i in range(math.ceil(num_frames / clip_frames))]
+
+
+def take_padded(x: torch.Tensor, frames: range) -> torch.Tensor:
+    """Rows ``frames`` of x [T, ...]; indices past the end repeat the last row."""
+    idx = torch.arange(frames.start, frames.stop).clamp(max=x.shape[0] - 1)
+    return x[idx.to(x.device)]
+
+
+def chain_clips(num_frames: int, clip_frames: int, motion_frames: int,
+                make_clip: Callable[[int, range, torch.Tensor | None], torch.Tensor],
+                initial_motion: torch.Tensor | None) -> Iterator[torch.Tensor]:
+    """Yields the clips [frames, ...] trimmed to ``num_frames`` in total.
+
+    ``make_clip(index, frames, motion)`` returns the clip's ``clip_frames`` frames given the
+    motion frames (``initial_motion`` for the first clip, then the last ``motion_frames``
+    frames generated so far, padding included)."""
+    motion = initial_motion
+    for index, frames in enumerate(plan_clips(num_frames, clip_frames)):
+        clip = make_clip(index, frames, motion)
+        if clip.shape[0] != clip_frames:
+            raise ValueError(f"clip {index} has {clip.shape[0]} frames, expected {clip_frames}")
+        if motion_frames > 0:
+            history = clip if motion is None else torch.cat([motion.to(clip), clip])
+            motion = history[-motion_frames:]
+        yield clip[: max(0, min(clip_frames, num_frames - frames.start))]
