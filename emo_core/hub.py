@@ -201,3 +201,95 @@ def hf_file(repo_id: str, filename: str, dest_dir, revision: Optional[str] = Non
     except Exception as exc:
         raise ModelFileMissing(_missing_message(
             dest, f"https://huggingface.co/{repo_id}/blob/{revision or 'main'}/{filename}", f"{type(exc).__name__}: {exc}")) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Hallo's published weights (HF fudan-generative-ai/hallo, folder layout of its pretrained_models/)
+HALLO_REPO = "fudan-generative-ai/hallo"
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    path: str                # path inside the repository (= path inside the local model folder)
+    required: bool           # needed to generate videos (the others only for training / initialisation)
+    description: str = ""
+    min_bytes: int = 1       # a smaller file is treated as a broken download
+
+
+HALLO_FILES: tuple[RepoFile, ...] = (
+    RepoFile("hallo/net.pth", True, "Hallo network: ReferenceNet, backbone, face locator, audio and identity projections", 1 << 30),
+    RepoFile("sd-vae-ft-mse/config.json", True, "SD1.5 VAE (ft-MSE) config"),
+    RepoFile("sd-vae-ft-mse/diffusion_pytorch_model.safetensors", True, "SD1.5 VAE (ft-MSE) weights", 50 << 20),
+    RepoFile("wav2vec/wav2vec2-base-960h/config.json", True, "wav2vec2-base-960h config"),
+    RepoFile("wav2vec/wav2vec2-base-960h/model.safetensors", True, "wav2vec2-base-960h weights", 100 << 20),
+    RepoFile("face_analysis/models/face_landmarker_v2_with_blendshapes.task", True,
+             "MediaPipe face landmarker (face boxes, landmarks, head pose)", 1 << 20),
+    RepoFile("face_analysis/models/glintr100.onnx", True, "ArcFace identity embedding (Hallo's identity tokens)", 50 << 20),
+    RepoFile("motion_module/mm_sd_v15_v2.ckpt", False, "AnimateDiff v2 motion module (training initialisation only)", 100 << 20),
+    RepoFile("stable-diffusion-v1-5/unet/config.json", False, "SD1.5 UNet config (training initialisation only)"),
+    RepoFile("stable-diffusion-v1-5/unet/diffusion_pytorch_model.safetensors", False,
+             "SD1.5 UNet weights (training initialisation only)", 1 << 30),
+)
+
+
+def hallo_url(path: str, revision: str = "main") -> str:
+    return f"https://huggingface.co/{HALLO_REPO}/resolve/{revision}/{path}"
+
+
+def hallo_missing(folder, include_optional: bool = False) -> list[RepoFile]:
+    """Files of HALLO_FILES absent from ``folder`` (or smaller than a plausible download)."""
+    folder = Path(folder).expanduser()
+    out = []
+    for f in HALLO_FILES:
+        if not (f.required or include_optional):
+            continue
+        p = folder / f.path
+        if not p.is_file() or p.stat().st_size < f.min_bytes:
+            out.append(f)
+    return out
+
+
+def hallo_instructions(folder, missing: Optional[list] = None) -> str:
+    """What to put where when the Hallo files cannot be downloaded."""
+    folder = Path(folder).expanduser()
+    missing = hallo_missing(folder) if missing is None else missing
+    lines = [f"Hallo model files are missing from {folder}. Download them (e.g. `huggingface-cli download "
+             f"{HALLO_REPO} --local-dir {folder}`) or copy Hallo's pretrained_models/ there, so that:"]
+    for f in missing:
+        lines.append(f"  {folder / f.path}   <- {hallo_url(f.path)}  ({f.description})")
+    return "\n".join(lines)
+
+
+def ensure_hallo(folder, *, download: bool = True, include_optional: bool = False,
+                 progress_callback: Optional[Callable[[str, int, Optional[int]], None]] = None) -> Path:
+    """Makes sure Hallo's inference files are in ``folder`` (Hallo's pretrained_models layout),
+    downloading the missing ones one by one (atomically, see :func:`ensure_file`).
+
+    ``progress_callback(file_path, bytes_done, total_or_None)``. Offline or with
+    ``download=False``: :class:`ModelFileMissing` listing every missing file and its URL.
+    A file that exists but is implausibly small is reported as broken, never overwritten.
+    """
+    folder = Path(folder).expanduser()
+    missing = hallo_missing(folder, include_optional)
+    broken = [f for f in missing if (folder / f.path).is_file()]
+    if broken:
+        raise ModelFileMissing(
+            "these Hallo model files look truncated (smaller than expected); delete them to download again:\n"
+            + "\n".join(f"  {folder / f.path} ({(folder / f.path).stat().st_size} bytes)" for f in broken))
+    if not missing:
+        return folder
+    if not download:
+        raise ModelFileMissing(hallo_instructions(folder, missing) + "\n(automatic download is switched off)")
+    for f in missing:
+        cb = None if progress_callback is None else (lambda done, total, _p=f.path: progress_callback(_p, done, total))
+        try:
+            ensure_file(hallo_url(f.path), folder / f.path, progress_callback=cb, timeout=120.0)
+        except ModelFileMissing as exc:
+            raise ModelFileMissing(f"{exc}\n\n" + hallo_instructions(folder)) from exc
+        if (folder / f.path).stat().st_size < f.min_bytes:
+            bad = folder / f.path
+            size = bad.stat().st_size
+            bad.unlink()
+            raise ModelFileMissing(f"download of {hallo_url(f.path)} gave only {size} bytes (removed); "
+                                   + hallo_instructions(folder))
+    return folder
