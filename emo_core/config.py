@@ -8,6 +8,8 @@ Presets:
 - ``EmoConfig.emo()``    EMO as in the paper: speed layers, f=12 frames, n=4 motion frames, m=2.
 - ``EmoConfig.hallo()``  Hallo's released model: no speed layers, full/face/lip audio attention,
                          identity tokens, 16 frames, 2 motion frames.
+- ``EmoConfig.echomimic()`` EchoMimic v1: whisper-tiny tokens in the backbone's own cross-attention,
+                         1-channel face locator, no motion frames: context windows over the video.
 - ``EmoConfig.tiny()``   a few-thousand-parameter model for tests and smoke runs.
 """
 from __future__ import annotations
@@ -108,6 +110,37 @@ class AudioConfig:
     token_dim: int = 768
     # Hallo: three masked cross-attentions (full/face/lip), each through a zero 1x1 conv.
     region_attention: bool = False
+    encoder: str = "wav2vec2"  # which features: "wav2vec2" (EMO, Hallo) or "whisper" (EchoMimic)
+    # EchoMimic: each frame's window of features is used as is (tokens = window frames x blocks) as the
+    # context of the backbone's own cross-attention (attn2): no projection model, no audio layers.
+    in_cross_attention: bool = False
+    cross_attention_scale: float = 1.0  # attn2's output is multiplied by this (EchoMimic: 3.0)
+
+    def __post_init__(self):
+        if self.encoder not in ("wav2vec2", "whisper"):
+            raise ConfigError(f"audio encoder must be 'wav2vec2' or 'whisper', got {self.encoder!r}")
+        if self.in_cross_attention and self.region_attention:
+            raise ConfigError("audio tokens go either into the backbone's cross-attention (in_cross_attention) "
+                              "or into separate region audio layers (region_attention), not both")
+        if self.in_cross_attention and self.token_dim != self.feature_dim:
+            raise ConfigError(f"audio in cross-attention uses the features as tokens: token_dim {self.token_dim} "
+                              f"must equal feature_dim {self.feature_dim}")
+        if self.in_cross_attention and self.tokens != self.window * self.feature_blocks:
+            raise ConfigError(f"audio in cross-attention: tokens {self.tokens} must be window frames x blocks = "
+                              f"{self.window} x {self.feature_blocks}")
+        if not self.in_cross_attention and self.cross_attention_scale != 1.0:
+            raise ConfigError("cross_attention_scale applies only with in_cross_attention")
+
+    @property
+    def features_per_frame(self) -> int:
+        """Feature frames per video frame in a window: whisper's 50 Hz gives 2 per frame (EchoMimic's
+        windowing, at any fps); wav2vec2 features are resampled to one per frame."""
+        return 2 if self.encoder == "whisper" else 1
+
+    @property
+    def window(self) -> int:
+        """Feature frames in one video frame's window (2m+1 video frames)."""
+        return (2 * self.context + 1) * self.features_per_frame
 
 
 @dataclass(frozen=True)
@@ -142,6 +175,16 @@ class EmoConfig:
     motion_frames: int = 4  # n
     prediction_type: str = "epsilon"
     family: str = "emo"
+    # EchoMimic's ReferenceNet skips its cross-attention (attn2 weights exist but are unused).
+    reference_cross_attention: bool = True
+    # "float16": ReferenceNet features are rounded to float16 before the backbone reads them
+    # (EchoMimic hands its reference banks over in float16); None keeps them as computed.
+    reference_feature_dtype: str | None = None
+    # How a video longer than one clip is made: "motion_frames" (EMO/Hallo: clip after clip, the last
+    # n frames carried over) or "context_windows" (EchoMimic: windows of clip_frames over the whole
+    # latent sequence, overlapping by context_overlap, shifted every step, predictions averaged).
+    chaining: str = "motion_frames"
+    context_overlap: int = 0
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -153,6 +196,16 @@ class EmoConfig:
             raise ConfigError(
                 f"clip_frames + motion_frames = {total} exceeds the temporal position encoding length "
                 f"{self.temporal.position_encoding_max_len}")
+        if self.chaining not in ("motion_frames", "context_windows"):
+            raise ConfigError(f"chaining must be 'motion_frames' or 'context_windows', got {self.chaining!r}")
+        if self.chaining == "context_windows" and not 0 <= self.context_overlap < self.clip_frames:
+            raise ConfigError(f"context_overlap {self.context_overlap} must be >= 0 and < clip_frames {self.clip_frames}")
+        if self.reference_feature_dtype not in (None, "float16", "bfloat16"):
+            raise ConfigError(f"reference_feature_dtype must be None, 'float16' or 'bfloat16', "
+                              f"got {self.reference_feature_dtype!r}")
+        if self.audio.in_cross_attention and self.identity_dim:
+            raise ConfigError("identity tokens and audio tokens cannot share the backbone's cross-attention: "
+                              "set identity_dim=None when audio.in_cross_attention is on")
         if len(self.face_locator_channels) != 4:
             raise ConfigError(
                 f"face_locator_channels {self.face_locator_channels} must have 4 entries: three stride-2 "
@@ -187,7 +240,30 @@ class EmoConfig:
         )
 
     @classmethod
+    def echomimic(cls) -> "EmoConfig":
+        """EchoMimic v1 (and its accelerated weights): SD1.5 layout, whisper-tiny features (input
+        embedding + 4 blocks, 384 wide; 10 feature frames per video frame -> 50 tokens) in attn2 with
+        output scale 3, face locator 1 -> (16, 32, 96, 256) -> 320, 12-frame windows overlapping by 3."""
+        return cls(
+            audio=AudioConfig(feature_dim=384, feature_blocks=5, context=2, tokens=50, token_dim=384,
+                              encoder="whisper", in_cross_attention=True, cross_attention_scale=3.0),
+            speed=None,
+            face_locator_channels=(16, 32, 96, 256),
+            face_locator_in_channels=1,
+            clip_frames=12,
+            motion_frames=0,
+            prediction_type="v_prediction",
+            family="echomimic",
+            reference_cross_attention=False,
+            reference_feature_dtype="float16",
+            chaining="context_windows",
+            context_overlap=3,
+        )
+
+    @classmethod
     def tiny(cls, *, speed: bool = True, family: str = "emo") -> "EmoConfig":
+        if family == "echomimic":
+            return cls.tiny_echomimic()
         return cls(
             unet=UNetConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, attention_head_dim=2,
                             cross_attention_dim=16, norm_num_groups=8),
@@ -201,6 +277,16 @@ class EmoConfig:
             motion_frames=2,
             family=family,
         )
+
+    @classmethod
+    def tiny_echomimic(cls) -> "EmoConfig":
+        """The tiny UNet of ``tiny()`` with EchoMimic's options (whisper-shaped audio of width 16)."""
+        base = cls.tiny(speed=False)
+        return dataclasses.replace(
+            cls.echomimic(), unet=base.unet, temporal=base.temporal,
+            audio=AudioConfig(feature_dim=16, feature_blocks=2, context=2, tokens=20, token_dim=16, encoder="whisper",
+                              in_cross_attention=True, cross_attention_scale=3.0),
+            face_locator_channels=(4, 8, 8, 16), clip_frames=4, context_overlap=1)
 
     # ----- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

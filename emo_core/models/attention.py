@@ -7,7 +7,9 @@ Every attention layer is a diffusers ``Attention`` (it owns the weights, keys ``
   output of the transformer block, into ``ctx.sink[name]``, then does plain self-attention.
 - ``RefReadProcessor`` (backbone self-attention = EMO's reference-attention): keys and values
   are the frame's own tokens followed by the reference image's tokens of the same layer.
-- ``AttnProcessor`` (cross-attention to identity/audio tokens, temporal attention): plain SDPA.
+- ``AttnProcessor`` (cross-attention to identity/audio tokens, temporal attention): plain SDPA,
+  optionally with its output scaled (EchoMimic multiplies its audio cross-attention by 3).
+- ``SkipProcessor``: the layer adds nothing (EchoMimic's ReferenceNet skips its cross-attention).
 
 Per-call data reaches the processors through ``cross_attention_kwargs={"ctx": AttnContext}``
 (diffusers forwards it to every attention of a block). Nothing is stored on the modules.
@@ -116,13 +118,25 @@ def attend_projected(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
 
 
 class AttnProcessor:
-    """Plain self- or cross-attention with SDPA. Accepts (and ignores) the context."""
+    """Plain self- or cross-attention with SDPA, its output times ``scale``. Accepts (and ignores)
+    the context."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, ctx=None):
         if attention_mask is not None:
             raise ValueError("attention masks are not used by EMO's attention layers")
         kv = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        return attention(attn, hidden_states, kv)
+        out = attention(attn, hidden_states, kv)
+        return out if self.scale == 1.0 else out * self.scale
+
+
+class SkipProcessor:
+    """A layer that contributes nothing: its residual branch is zero, so the block skips it."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, ctx=None):
+        return torch.zeros_like(hidden_states)
 
 
 class RefWriteProcessor:

@@ -4,7 +4,9 @@ SD1.5's spatial layout with frames folded into the batch. At each layer of a blo
 ResNet -> reference-attention + identity cross-attention (a diffusers ``Transformer2DModel``
 whose self-attention reads ReferenceNet's features) -> audio-attention -> temporal module
 (motion frames joined on the frame axis; speed tokens cross-attended). The face locator's
-features are added right after ``conv_in``.
+features are added right after ``conv_in``. With ``audio.in_cross_attention`` (EchoMimic)
+the audio tokens are the context of the transformer's own cross-attention (output scaled by
+``audio.cross_attention_scale``) and there are no separate audio layers.
 
 Key names follow Hallo's ``denoising_unet`` (diffusers 0.27 + AnimateDiff), so its weights
 load strictly. Video tensors are [batch, channels, frames, height, width].
@@ -33,7 +35,8 @@ class Conditioning:
 
     reference:      ReferenceNet features (reference image + motion frames), or None
     identity:       [b, n, D] cross-attention tokens (identity tokens; None -> one zero token)
-    audio:          [b, f, t, d] audio tokens (AudioProjection output), or None (no audio layers)
+    audio:          [b, f, t, d] audio tokens (AudioProjection output, or the feature windows when
+                    the audio goes into the cross-attention), or None (no audio)
     face:           [b, c0, h, w] or [b, c0, f, h, w] face-locator features, or None
     speed:          [b, f] or [b, n+f, d] speed tokens (SpeedEncoder output), or None
     region_masks:   {"full"|"face"|"lip": [per level: [b or b*f, h_l*w_l]]} for region audio attention
@@ -71,6 +74,8 @@ class Block(nn.Module):
         super().__init__()
         u, tc, ac = cfg.unet, cfg.temporal, cfg.audio
         self.kind, self.level, self.has_attention = kind, level, attention
+        self.audio_in_cross_attention = ac.in_cross_attention
+        context_dim = ac.token_dim if ac.in_cross_attention else u.cross_attention_dim
         self.run_temporal = temporal and (attention or tc.in_plain_blocks)
         heads = u.heads(level if kind != "up" else len(u.block_out_channels) - 1 - level)
         self.resnets, self.attentions, self.audio_modules, self.motion_modules = (nn.ModuleList() for _ in range(4))
@@ -88,10 +93,11 @@ class Block(nn.Module):
             if attention:
                 self.attentions.append(Transformer2DModel(
                     num_attention_heads=heads, attention_head_dim=out_channels // heads, in_channels=out_channels,
-                    num_layers=1, cross_attention_dim=u.cross_attention_dim, norm_num_groups=u.norm_num_groups,
+                    num_layers=1, cross_attention_dim=context_dim, norm_num_groups=u.norm_num_groups,
                     use_linear_projection=u.use_linear_projection))
-                self.audio_modules.append(AudioAttention(
-                    out_channels, audio_width, heads, ac.token_dim, u.norm_num_groups, ac.region_attention))
+                if not ac.in_cross_attention:
+                    self.audio_modules.append(AudioAttention(
+                        out_channels, audio_width, heads, ac.token_dim, u.norm_num_groups, ac.region_attention))
             if temporal:
                 self.motion_modules.append(TemporalModule(
                     out_channels, tc.num_attention_heads, tc.num_transformer_blocks, tc.attention_blocks,
@@ -112,7 +118,7 @@ class Block(nn.Module):
 
     # ---- one layer --------------------------------------------------------------------------
     def _audio_layer(self, i: int, x: torch.Tensor, fr: _Frame) -> torch.Tensor:
-        if fr.audio is None:
+        if fr.audio is None or self.audio_in_cross_attention:
             return x
         masks = None
         c = fr.cond
@@ -139,7 +145,8 @@ class Block(nn.Module):
         if self.kind != "mid":
             x = self.resnets[i](x, fr.emb)
         if self.has_attention:
-            x = self.attentions[i](x, encoder_hidden_states=fr.identity,
+            context = fr.audio if self.audio_in_cross_attention else fr.identity
+            x = self.attentions[i](x, encoder_hidden_states=context,
                                    cross_attention_kwargs=fr.attn_kwargs, return_dict=False)[0]
             x = self._audio_layer(i, x, fr)
         x = self._temporal_layer(i, x, fr)
@@ -239,8 +246,16 @@ class Backbone(nn.Module):
                 for j, b in enumerate(block):
                     b.prefix = f"{name}.{j}"
         self.mid_block.prefix = "mid_block"
-        set_processors(self, lambda path, m: RefReadProcessor(block_name(path))
-                       if path.endswith(".attn1") and ".attentions." in path else AttnProcessor())
+        audio_scale = cfg.audio.cross_attention_scale
+
+        def choose(path, module):
+            if ".attentions." in path and path.endswith(".attn1"):
+                return RefReadProcessor(block_name(path))
+            if ".attentions." in path and path.endswith(".attn2"):
+                return AttnProcessor(audio_scale)
+            return AttnProcessor()
+
+        set_processors(self, choose)
 
     def reference_layer_names(self) -> list[str]:
         return [block_name(p) for p, _ in self.named_modules() if p.endswith(".attn1") and ".attentions." in p]
@@ -286,6 +301,8 @@ class Backbone(nn.Module):
         audio = None if cond.audio is None else rearrange(cond.audio.to(x.dtype), "b f t d -> (b f) t d")
         if audio is not None and audio.shape[0] != b * f:
             raise ValueError(f"audio tokens cover {cond.audio.shape[1]} frames but the clip has {f}")
+        if audio is None and self.cfg.audio.in_cross_attention:
+            audio = x.new_zeros(b * f, 1, self.cfg.audio.token_dim)  # silence: what zero features give
         ref = cond.reference
         if ref is not None and ref.batch == 1 and b > 1:
             ref = ref.expand(b)

@@ -1,8 +1,9 @@
 """The whole EMO network: the five (six) trained parts under Hallo's checkpoint prefixes.
 
 ``reference_unet`` (ReferenceNet), ``denoising_unet`` (Backbone), ``face_locator``,
-``imageproj`` (identity tokens, optional), ``audioproj`` (audio tokens) and, for EMO's
-native layout, ``speed_encoder``.
+``imageproj`` (identity tokens, optional), ``audioproj`` (audio tokens; absent when the
+audio features go straight into the backbone's cross-attention, as in EchoMimic) and, for
+EMO's native layout, ``speed_encoder``.
 """
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ class EmoNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         u, a = cfg.unet, cfg.audio
-        self.reference_unet = ReferenceNet.build(u)
+        self.reference_unet = ReferenceNet.build(u, cross_attention=cfg.reference_cross_attention)
         self.denoising_unet = Backbone(cfg)
         self.face_locator = FaceLocator(u.block_out_channels[0], cfg.face_locator_in_channels, cfg.face_locator_channels)
         self.imageproj = (IdentityProjection(cfg.identity_dim, cfg.identity_tokens, u.cross_attention_dim)
                           if cfg.identity_dim else None)
-        self.audioproj = AudioProjection(2 * a.context + 1, a.feature_blocks, a.feature_dim, a.intermediate_dim,
-                                         a.tokens, a.token_dim)
+        self.audioproj = None if a.in_cross_attention else AudioProjection(
+            2 * a.context + 1, a.feature_blocks, a.feature_dim, a.intermediate_dim, a.tokens, a.token_dim)
         self.speed_encoder = SpeedEncoder(cfg.speed) if cfg.speed is not None else None
         missing = set(self.denoising_unet.reference_layer_names()) ^ set(self.reference_unet.layer_names())
         if missing:
@@ -76,6 +77,9 @@ class EmoNet(nn.Module):
             identity = latents.new_zeros(latents.shape[0], 1, self.cfg.unet.cross_attention_dim)
         t = torch.zeros(latents.shape[0], device=latents.device, dtype=torch.long)
         feats, _ = self.reference_unet(latents.to(self.dtype), t, identity.to(self.dtype))
+        if self.cfg.reference_feature_dtype is not None:
+            rounded = getattr(torch, self.cfg.reference_feature_dtype)
+            feats = {k: v.to(rounded).to(v.dtype) for k, v in feats.items()}
         return feats
 
     def face_features(self, mask: torch.Tensor) -> torch.Tensor:
@@ -83,7 +87,16 @@ class EmoNet(nn.Module):
         return self.face_locator(mask.to(self.device, self.dtype))
 
     def audio_tokens(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.audioproj(windows.to(self.device, self.dtype))
+        """windows [b, f, window, blocks, dim] -> tokens [b, f, tokens, token_dim]. Without a
+        projection the window's features are the tokens (token = window frame * blocks + block)."""
+        windows = windows.to(self.device, self.dtype)
+        if self.audioproj is None:
+            a = self.cfg.audio
+            if windows.ndim != 5 or tuple(windows.shape[2:]) != (a.window, a.feature_blocks, a.feature_dim):
+                raise ValueError(f"audio windows must be [batch, frames, {a.window}, {a.feature_blocks}, "
+                                 f"{a.feature_dim}] (window, {a.encoder} blocks, size); got {tuple(windows.shape)}")
+            return windows.flatten(2, 3)
+        return self.audioproj(windows)
 
     def speed_tokens(self, speed: torch.Tensor | None) -> torch.Tensor | None:
         if speed is None or self.speed_encoder is None:

@@ -1,0 +1,164 @@
+"""EchoMimic v1 (antgroup/echomimic, Apache-2.0) model files -> an ``EmoNet`` of the EchoMimic family.
+
+EchoMimic releases four files (plus ``_acc`` variants of two of them for its accelerated,
+6-step model), ``.pth`` state dicts or safetensors copies of them:
+
+| file | holds | goes into |
+|---|---|---|
+| ``denoising_unet[_acc].pth`` | the 3D UNet, motion modules usually included | ``denoising_unet`` (Backbone) |
+| ``motion_module[_acc].pth``  | only the ``*.motion_modules.*`` keys         | ``denoising_unet`` (merged first) |
+| ``reference_unet.pth``       | the 2D UNet without ``conv_norm_out/conv_out`` | ``reference_unet`` (ReferenceNet) |
+| ``face_locator.pth``         | the 1-channel face locator                   | ``face_locator`` |
+
+EchoMimic builds its denoising UNet from the motion-module file, then loads
+``denoising_unet.pth`` over it without a key check; here the merged dict (motion modules
+first, the denoising UNet's own values over them) must match the backbone exactly, and
+every other file is checked strictly too. Key names are the ones our modules already use
+(diffusers + AnimateDiff), so nothing is renamed: a mismatch is an error naming the keys.
+
+The audio encoder is whisper-tiny (``audio_processor/whisper_tiny.pt``), see
+``emo_core.models.whisper``. The VAE is SD's ``sd-vae-ft-mse`` as for Hallo.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, load_state_dict, load_strict
+from .config import AudioConfig, ConfigError, EmoConfig, TemporalConfig, UNetConfig
+
+HF_REPO = "BadToBest/EchoMimic"
+WHISPER_FILE = "audio_processor/whisper_tiny.pt"
+# OpenAI publishes tiny.pt under its sha256; EchoMimic ships the same file as whisper_tiny.pt.
+WHISPER_URL = ("https://openaipublic.azureedge.net/main/whisper/models/"
+               "65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9/tiny.pt")
+PARTS = ("denoising_unet", "motion_module", "reference_unet", "face_locator")
+ACCELERATED_PARTS = ("denoising_unet", "motion_module")  # the _acc files; the others are shared
+
+
+@dataclass(frozen=True)
+class EchoMimicFiles:
+    denoising_unet: Path
+    motion_module: Path | None
+    reference_unet: Path
+    face_locator: Path
+    accelerated: bool
+
+
+def file_names(accelerated: bool) -> dict[str, str]:
+    """Part -> file stem in the released folder (``denoising_unet_acc`` etc. when accelerated)."""
+    return {p: (f"{p}_acc" if accelerated and p in ACCELERATED_PARTS else p) for p in PARTS}
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return None
+
+
+def has_accelerated(folder: str | Path) -> bool:
+    return _find(Path(folder), "denoising_unet_acc") is not None
+
+
+def find_files(folder: str | Path, accelerated: bool | None = None) -> EchoMimicFiles:
+    """The four files in ``folder``. ``accelerated=None`` picks the plain model when both exist."""
+    folder = Path(folder)
+    if accelerated is None:
+        accelerated = _find(folder, "denoising_unet") is None and has_accelerated(folder)
+    names = file_names(accelerated)
+    found = {part: _find(folder, stem) for part, stem in names.items()}
+    missing = [f"{names[p]}.pth (or .safetensors)" for p in ("denoising_unet", "reference_unet", "face_locator")
+               if found[p] is None]
+    if missing:
+        raise FileNotFoundError(f"{folder}: EchoMimic{' accelerated' if accelerated else ''} files missing: "
+                                f"{', '.join(missing)} (download them from huggingface.co/{HF_REPO})")
+    return EchoMimicFiles(found["denoising_unet"], found["motion_module"], found["reference_unet"],
+                          found["face_locator"], accelerated)
+
+
+def config_from_folder(folder: str | Path, *, clip_frames: int = 12, context_overlap: int = 3) -> EmoConfig:
+    """EchoMimic's config from a folder with ``unet_config.json`` (the base SD UNet config),
+    ``unet_additional_kwargs.json`` (``unet_additional_kwargs`` of inference_v2.yaml) and
+    optionally ``face_locator.json``; without the JSON files, the released model's config."""
+    folder = Path(folder)
+    cfg = replace(EmoConfig.echomimic(), clip_frames=clip_frames, context_overlap=context_overlap)
+    if not (folder / "unet_config.json").is_file():
+        return cfg
+    unet = UNetConfig.from_diffusers(json.loads((folder / "unet_config.json").read_text()))
+    extra_path = folder / "unet_additional_kwargs.json"
+    extra = json.loads(extra_path.read_text()) if extra_path.is_file() else {}
+    if extra.get("unet_use_temporal_attention") or extra.get("unet_use_cross_frame_attention"):
+        raise ConfigError("EchoMimic models with temporal or cross-frame attention inside the transformer "
+                          "blocks are not supported (inference_v2.yaml turns both off)")
+    mm = extra.get("motion_module_kwargs", {})
+    temporal = TemporalConfig(
+        num_attention_heads=mm.get("num_attention_heads", 8),
+        num_transformer_blocks=mm.get("num_transformer_block", 1),
+        attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
+        position_encoding_max_len=mm.get("temporal_position_encoding_max_len", 32),
+        resolutions=tuple(extra.get("motion_module_resolutions", (1, 2, 4, 8))),
+        mid_block=extra.get("motion_module_mid_block", True),
+        in_plain_blocks=True,
+    )
+    width = extra.get("cross_attention_dim", 384)
+    audio = replace(cfg.audio, feature_dim=width, token_dim=width,
+                    tokens=cfg.audio.window * cfg.audio.feature_blocks)
+    fl_path = folder / "face_locator.json"
+    face_channels, face_in = cfg.face_locator_channels, cfg.face_locator_in_channels
+    if fl_path.is_file():
+        fl = json.loads(fl_path.read_text())
+        if fl["conditioning_embedding_channels"] != unet.block_out_channels[0]:
+            raise ConfigError(f"face_locator conditioning_embedding_channels={fl['conditioning_embedding_channels']} "
+                              f"must equal the UNet's first width {unet.block_out_channels[0]}")
+        face_channels = tuple(fl["block_out_channels"])
+        face_in = fl.get("conditioning_channels", 1)
+    return replace(cfg, unet=unet, temporal=temporal, audio=AudioConfig(**audio.__dict__),
+                   face_locator_channels=face_channels, face_locator_in_channels=face_in)
+
+
+def denoising_state_dict(files: EchoMimicFiles) -> dict[str, torch.Tensor]:
+    """Motion-module values first, the denoising UNet's own values over them (EchoMimic's order)."""
+    sd: dict[str, torch.Tensor] = {}
+    if files.motion_module is not None:
+        mm = load_state_dict(files.motion_module)
+        stray = sorted(k for k in mm if ".motion_modules." not in k)
+        if stray:
+            raise CheckpointError(f"{files.motion_module}: a motion-module file holds only motion-module keys; "
+                                  f"found {len(stray)} others, e.g. {stray[:3]}")
+        sd.update(mm)
+    sd.update(load_state_dict(files.denoising_unet))
+    return sd
+
+
+def load_echomimic(folder: str | Path, *, accelerated: bool | None = None, config: EmoConfig | None = None,
+                   device="cpu", dtype=torch.float32):
+    """Builds the EchoMimic-family ``EmoNet`` and loads the four files strictly."""
+    from .models.emo import EmoNet
+
+    folder = Path(folder)
+    files = find_files(folder, accelerated)
+    cfg = config or config_from_folder(folder)
+    net = EmoNet(cfg)
+    load_strict(net.denoising_unet, denoising_state_dict(files), f"EchoMimic {files.denoising_unet.name}"
+                + (f" + {files.motion_module.name}" if files.motion_module else ""))
+    load_strict(net.reference_unet, load_state_dict(files.reference_unet), f"EchoMimic {files.reference_unet.name}")
+    load_strict(net.face_locator, load_state_dict(files.face_locator), f"EchoMimic {files.face_locator.name}")
+    return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def download(models_dir: str | Path, *, accelerated: bool = True, whisper: bool = True) -> Path:
+    """Fetches EchoMimic's files from Hugging Face into ``models_dir`` (only the missing ones):
+    the shared ``reference_unet.pth`` and ``face_locator.pth``, the plain or ``_acc`` denoising
+    UNet and motion module, and ``audio_processor/whisper_tiny.pt``. Returns ``models_dir``."""
+    from .hub import hf_file
+
+    models_dir = Path(models_dir)
+    for stem in file_names(accelerated).values():
+        hf_file(HF_REPO, f"{stem}.pth", models_dir)
+    if whisper:
+        hf_file(HF_REPO, WHISPER_FILE, models_dir)
+    return models_dir
