@@ -175,7 +175,7 @@ class EmoConfig:
     motion_frames: int = 4  # n
     prediction_type: str = "epsilon"
     family: str = "emo"
-    # EchoMimic's ReferenceNet skips its cross-attention (attn2 weights exist but are unused).
+    # False: ReferenceNet's transformer blocks have no cross-attention (EchoMimic's reference UNet).
     reference_cross_attention: bool = True
     # "float16": ReferenceNet features are rounded to float16 before the backbone reads them
     # (EchoMimic hands its reference banks over in float16); None keeps them as computed.

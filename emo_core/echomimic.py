@@ -7,7 +7,7 @@ EchoMimic releases four files (plus ``_acc`` variants of two of them for its acc
 |---|---|---|
 | ``denoising_unet[_acc].pth`` | the 3D UNet, motion modules usually included | ``denoising_unet`` (Backbone) |
 | ``motion_module[_acc].pth``  | only the ``*.motion_modules.*`` keys         | ``denoising_unet`` (merged first) |
-| ``reference_unet.pth``       | the 2D UNet without ``conv_norm_out/conv_out`` | ``reference_unet`` (ReferenceNet) |
+| ``reference_unet.pth``       | the 2D UNet without output head or cross-attention | ``reference_unet`` (ReferenceNet) |
 | ``face_locator.pth``         | the 1-channel face locator                   | ``face_locator`` |
 
 EchoMimic builds its denoising UNet from the motion-module file, then loads

@@ -246,9 +246,10 @@ def detect_family(folder: Path) -> str:
 def run_parity(folder: str | Path, out=sys.stdout) -> bool:
     folder = Path(folder)
     family = detect_family(folder)
-    if family != "hallo":
-        print(f"{family} golden folders are not supported yet", file=out)
-        return False
+    if family == "echomimic":
+        from .parity_echomimic import run_echomimic_parity
+
+        return run_echomimic_parity(folder, out)
     golden = Golden.load(folder)
     ok32 = compare(golden, HalloRunner(golden, torch.float32).run(), float64=False, out=out)
     ok64 = True

@@ -9,7 +9,6 @@ Every attention layer is a diffusers ``Attention`` (it owns the weights, keys ``
   are the frame's own tokens followed by the reference image's tokens of the same layer.
 - ``AttnProcessor`` (cross-attention to identity/audio tokens, temporal attention): plain SDPA,
   optionally with its output scaled (EchoMimic multiplies its audio cross-attention by 3).
-- ``SkipProcessor``: the layer adds nothing (EchoMimic's ReferenceNet skips its cross-attention).
 
 Per-call data reaches the processors through ``cross_attention_kwargs={"ctx": AttnContext}``
 (diffusers forwards it to every attention of a block). Nothing is stored on the modules.
@@ -130,13 +129,6 @@ class AttnProcessor:
         kv = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         out = attention(attn, hidden_states, kv)
         return out if self.scale == 1.0 else out * self.scale
-
-
-class SkipProcessor:
-    """A layer that contributes nothing: its residual branch is zero, so the block skips it."""
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, ctx=None):
-        return torch.zeros_like(hidden_states)
 
 
 class RefWriteProcessor:

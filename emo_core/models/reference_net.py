@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
 
 from ..config import UNetConfig
-from .attention import AttnContext, AttnProcessor, RefWriteProcessor, SkipProcessor, block_name, set_processors
+from .attention import AttnContext, AttnProcessor, RefWriteProcessor, block_name, set_processors
 
 
 class ReferenceNet(UNet2DConditionModel):
@@ -19,24 +20,24 @@ class ReferenceNet(UNet2DConditionModel):
 
     @classmethod
     def build(cls, cfg: UNetConfig, *, cross_attention: bool = True) -> "ReferenceNet":
-        """``cross_attention=False``: the cross-attention layers (attn2) are skipped, as in
-        EchoMimic's reference pass; their weights stay so its checkpoints load strictly."""
+        """``cross_attention=False``: the transformer blocks have no cross-attention (no ``attn2``,
+        ``norm2``), as EchoMimic's reference UNet; its blocks are then self-attention + feed-forward."""
         net = cls(**{k: v for k, v in cfg.to_diffusers().items() if k != "center_input_sample"})
         # The features come from the attention layers; the output head is never used
         # (Hallo's reference UNet has no such weights either).
         net.conv_norm_out = None
         net.conv_act = None
         net.conv_out = None
-        net.use_reference_processors(cross_attention)
+        if not cross_attention:
+            for path, module in net.named_modules():
+                if isinstance(module, BasicTransformerBlock):
+                    module.attn2 = module.norm2 = None  # diffusers' block skips a missing attn2
+        net.use_reference_processors()
         return net
 
-    def use_reference_processors(self, cross_attention: bool = True) -> None:
-        def choose(path, module):
-            if path.endswith("attn1"):
-                return RefWriteProcessor(block_name(path))
-            return AttnProcessor() if cross_attention else SkipProcessor()
-
-        set_processors(self, choose)
+    def use_reference_processors(self) -> None:
+        set_processors(self, lambda path, m: RefWriteProcessor(block_name(path)) if path.endswith("attn1")
+                       else AttnProcessor())
 
     def layer_names(self) -> list[str]:
         return [block_name(p) for p, _ in self.named_modules() if p.endswith(".attn1")]
