@@ -1,0 +1,85 @@
+"""EMO Audio Encode: AUDIO (or core's AUDIO_ENCODER_OUTPUT) -> per-frame wav2vec2 windows."""
+from __future__ import annotations
+
+from .types import CATEGORY, EMO_AUDIO, EMO_MODEL
+
+CORE_ENCODER_TOOLTIP = (
+    "Optional instead of 'audio': the output of core's Audio Encoder Encode with a wav2vec2-base model "
+    "(12 blocks of 768). Close to, but not the same as, what Hallo's weights were trained on: core runs "
+    "wav2vec2 at its native 50 Hz and, for base models, without input normalisation, and its features are "
+    "interpolated to the video frame rate after the transformer (Hallo interpolates before it, on "
+    "normalised audio). Expect slightly weaker lip sync; prefer the 'audio' input when you can.")
+
+
+def windows_from_core_encoder(output: dict, fps: float, m: int, blocks: int, width: int):
+    """core AUDIO_ENCODER_OUTPUT -> ([T, 2m+1, L, C] windows, seconds)."""
+    import torch
+    import torch.nn.functional as F
+
+    from emo_core.preprocess.audio_features import SAMPLE_RATE, num_frames_for, window_features
+
+    layers = output.get("encoded_audio_all_layers")
+    if not layers:
+        raise ValueError("AUDIO_ENCODER_OUTPUT has no 'encoded_audio_all_layers' (use a wav2vec2 audio encoder)")
+    layers = list(layers)[1:]  # index 0 is the transformer input, as transformers' hidden_states[0]
+    if len(layers) != blocks or layers[0].shape[-1] != width:
+        raise ValueError(f"the audio encoder gives {len(layers)} blocks of {layers[0].shape[-1]}; this EMO model "
+                         f"needs {blocks} blocks of {width} (a wav2vec2-base model)")
+    samples = int(output["audio_samples"])
+    frames = num_frames_for(samples, fps, SAMPLE_RATE)
+    if frames < 1:
+        raise ValueError(f"the audio ({samples / SAMPLE_RATE:.3f} s) is shorter than one video frame at {fps:g} fps")
+    feats = torch.stack([x[0].float().cpu() for x in layers], dim=1)  # [T50, L, C]
+    t50 = feats.shape[0]
+    flat = feats.reshape(t50, -1).T[None]  # [1, L*C, T50]
+    per_frame = F.interpolate(flat, size=frames, mode="linear", align_corners=True)[0].T.reshape(frames, blocks, width)
+    return window_features(per_frame, m), samples / SAMPLE_RATE
+
+
+class EmoAudioEncode:
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = (EMO_AUDIO, "INT")
+    RETURN_NAMES = ("emo_audio", "frames")
+    DESCRIPTION = ("wav2vec2 features of every video frame (all blocks, frames i-2..i+2), computed exactly as "
+                   "Hallo's weights expect. 'frames' = round(audio seconds x fps).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "emo_model": (EMO_MODEL, {"tooltip": "from EMO Model Loader (its wav2vec2 model is used)"}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                                  "tooltip": "video frame rate (Hallo was trained at 25)"}),
+            },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": "speech or singing; any rate or channel count (mixed to 16 kHz mono)"}),
+                "audio_encoder_output": ("AUDIO_ENCODER_OUTPUT", {"tooltip": CORE_ENCODER_TOOLTIP}),
+            },
+        }
+
+    def encode(self, emo_model, fps, audio=None, audio_encoder_output=None):
+        a = emo_model.cfg.audio
+        if (audio is None) == (audio_encoder_output is None):
+            raise ValueError("connect exactly one of 'audio' (recommended) or 'audio_encoder_output'")
+        if audio_encoder_output is not None:
+            windows, seconds = windows_from_core_encoder(audio_encoder_output, fps, a.context, a.feature_blocks,
+                                                         a.feature_dim)
+            source = "comfy-audio-encoder"
+        else:
+            from emo_core.preprocess.audio_features import AudioFeatureExtractor
+            from emo_core.preprocess.audio_io import duration_seconds, from_comfy_audio
+
+            wave = from_comfy_audio(audio)
+            seconds = duration_seconds(wave)
+            with emo_model.audio_model() as model:
+                windows = AudioFeatureExtractor(model, fps=fps, m=a.context).windows(wave)
+            source = "emo-wav2vec2"
+        windows = windows.float().cpu().contiguous()
+        out = {"windows": windows, "fps": float(fps), "frames": int(windows.shape[0]), "seconds": float(seconds),
+               "source": source}
+        return (out, out["frames"])
+
+
+NODE_CLASS_MAPPINGS = {"EmoAudioEncode": EmoAudioEncode}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmoAudioEncode": "EMO Audio Encode"}

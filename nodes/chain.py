@@ -1,0 +1,107 @@
+"""EMO Generate: the whole audio, clip after clip with motion frames carried over.
+
+Every clip is written to an H.264 + AAC mp4 as soon as it is decoded (the VIDEO output is
+backed by that file), so a long song never has to sit in memory: set keep_frames to
+"last" and wire VIDEO into Save Video. IMAGE + AUDIO + fps also fit core's Create Video.
+"""
+from __future__ import annotations
+
+import math
+
+from .types import CATEGORY, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, EMO_REGIONS, EMO_SPEED
+
+
+def check_audio_matches(audio: dict, emo_audio: dict) -> None:
+    """The AUDIO to mux must be the audio the features were made from (same length)."""
+    from .common import EmoNodeError
+
+    wave = audio["waveform"]
+    seconds = wave.shape[-1] / float(audio["sample_rate"])
+    if abs(seconds - emo_audio["seconds"]) > 1.0 / emo_audio["fps"]:
+        raise EmoNodeError(f"the AUDIO input is {seconds:.3f} s but EMO_AUDIO was encoded from {emo_audio['seconds']:.3f} s "
+                           "of audio: connect the same AUDIO to EMO Audio Encode and EMO Generate")
+
+
+class EmoGenerate:
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "VIDEO", "FLOAT")
+    RETURN_NAMES = ("images", "audio", "video", "fps")
+    DESCRIPTION = ("Generates the whole video: round(audio seconds x fps) frames, clip by clip, each clip starting "
+                   "from the last frames of the previous one. Streams to an mp4 (VIDEO output).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "emo_model": (EMO_MODEL, {}),
+                "reference": (EMO_REFERENCE, {}),
+                "emo_audio": (EMO_AUDIO, {}),
+                "audio": ("AUDIO", {"tooltip": "the same audio as EMO Audio Encode's; muxed into the VIDEO and "
+                                               "passed through unchanged"}),
+                "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
+                "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "motion_start": (["reference", "zeros"], {
+                    "default": "reference", "tooltip": "first clip's motion frames: copies of the portrait (Hallo) "
+                                                       "or none (the paper's zero maps)"}),
+                "keep_frames": (["all", "last"], {
+                    "default": "all", "tooltip": "all: IMAGE holds every frame; last: IMAGE holds only the last frame "
+                                                 "(long videos: use the VIDEO output, which is streamed to disk)"}),
+            },
+            "optional": {
+                "face_mask": ("MASK", {}),
+                "regions": (EMO_REGIONS, {}),
+                "speed": (EMO_SPEED, {}),
+            },
+        }
+
+    def generate(self, emo_model, reference, emo_audio, audio, steps, cfg, seed, motion_start="reference",
+                 keep_frames="all", face_mask=None, regions=None, speed=None):
+        import uuid
+
+        import torch
+
+        from emo_core.preprocess.audio_io import AudioError
+        from emo_core.video_out import Mp4Writer
+
+        from .common import StepProgress, check_model, face_mask_for, regions_for, speed_for, state_to
+        from .comfy_env import make_video, soft_empty_cache, temp_dir
+
+        check_model(emo_model, reference, emo_audio)
+        check_audio_matches(audio, emo_audio)
+        total, size, fps = emo_audio["frames"], reference["size"], emo_audio["fps"]
+        mask = face_mask_for(face_mask, total, size)
+        sp = speed_for(speed, total, fps)
+        wave = audio["waveform"]
+        if wave.ndim != 3 or wave.shape[-1] == 0:
+            raise AudioError(f"AUDIO waveform must be [B, C, T] with samples; got {tuple(wave.shape)}")
+        mux = wave[0].float().cpu()
+        if mux.shape[0] > 2:
+            mux = mux.mean(0, keepdim=True)
+        path = temp_dir() / f"emo_{uuid.uuid4().hex[:12]}.mp4"
+        progress = StepProgress(steps, math.ceil(total / emo_model.cfg.clip_frames))
+        kept = []
+        last = None
+        try:
+            with emo_model.loaded() as pipe, Mp4Writer(path, fps, audio=mux, sample_rate=int(audio["sample_rate"])) as writer:
+                state = state_to(reference["state"], pipe.device)
+                for clip in pipe.generate(state, emo_audio["windows"], face_mask=mask,
+                                          region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
+                                          steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
+                                          callback=progress):
+                    clip = clip.float().cpu()
+                    if clip.shape[0] == 0:
+                        continue
+                    writer.write(clip)
+                    last = clip[-1:]
+                    if keep_frames == "all":
+                        kept.append(clip)
+        finally:
+            soft_empty_cache()
+        images = torch.cat(kept) if keep_frames == "all" else last.clone()
+        return (images, audio, make_video(path), float(fps))
+
+
+NODE_CLASS_MAPPINGS = {"EmoGenerate": EmoGenerate}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmoGenerate": "EMO Generate (whole audio)"}

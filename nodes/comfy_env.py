@@ -1,0 +1,174 @@
+"""The few ComfyUI services the nodes use, imported lazily and with plain fallbacks, so
+the pack imports (and its tests run) without ComfyUI: progress bars, the Cancel check,
+devices, cache release, model folders, the temp folder, ModelPatcher loading and VIDEO
+objects. Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+EMO_FOLDER = "emo"  # models/emo, registered with folder_paths
+
+
+def _try(module: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        return None
+
+
+def comfy_available() -> bool:
+    return _try("comfy.model_management") is not None
+
+
+# ---------------------------------------------------------------- progress / interrupt
+class _NoBar:
+    def __init__(self, total):
+        self.total, self.current = total, 0
+
+    def update(self, n):
+        self.current += n
+
+    def update_absolute(self, value, total=None, preview=None):
+        self.current = value
+        if total is not None:
+            self.total = total
+
+
+def progress_bar(total: int):
+    utils = _try("comfy.utils")
+    return utils.ProgressBar(total) if utils is not None and hasattr(utils, "ProgressBar") else _NoBar(total)
+
+
+def check_interrupt() -> None:
+    """Raises ComfyUI's InterruptProcessingException when the user pressed Cancel."""
+    mm = _try("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def soft_empty_cache() -> None:
+    mm = _try("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- devices
+def load_device() -> torch.device:
+    mm = _try("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    mm = _try("comfy.model_management")
+    return mm.unet_offload_device() if mm is not None else torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto": fp16 (bf16 where supported) on an accelerator, fp32 on CPU."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name in table:
+        return table[name]
+    if name != "auto":
+        raise ValueError(f"dtype must be auto, fp32, fp16 or bf16, got {name!r}")
+    if device.type == "cpu":
+        return torch.float32
+    mm = _try("comfy.model_management")
+    if mm is not None and hasattr(mm, "should_use_bf16") and mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16
+
+
+class Patched:
+    """Loads a module onto the compute device through ComfyUI's model management (a
+    ModelPatcher, fully loaded, so ComfyUI can offload it when other models need memory);
+    without ComfyUI it moves the module itself. ``with patched.loaded() as device:``."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.patcher = None
+        mp = _try("comfy.model_patcher")
+        mm = _try("comfy.model_management")
+        if mp is not None and mm is not None:
+            size = mm.module_size(module) if hasattr(mm, "module_size") else 0
+            self.patcher = mp.ModelPatcher(module, load_device=load_device(), offload_device=offload_device(), size=size)
+
+    @contextlib.contextmanager
+    def loaded(self):
+        if self.patcher is not None:
+            mm = _try("comfy.model_management")
+            mm.load_models_gpu([self.patcher], force_full_load=True)
+            yield self.patcher.load_device
+            return
+        device = load_device()
+        self.module.to(device)
+        try:
+            yield device
+        finally:
+            if device.type != "cpu":
+                self.module.to(offload_device())
+                soft_empty_cache()
+
+
+# ---------------------------------------------------------------- folders
+def models_dir() -> Path:
+    """ComfyUI's models folder; outside ComfyUI $EMO_MODELS_DIR or ~/.cache/emo_portrait/models."""
+    fp = _try("folder_paths")
+    if fp is not None:
+        return Path(fp.models_dir)
+    return Path(os.environ.get("EMO_MODELS_DIR", Path.home() / ".cache" / "emo_portrait" / "models")).expanduser()
+
+
+def emo_dir() -> Path:
+    return models_dir() / EMO_FOLDER
+
+
+def register_folders() -> None:
+    """Registers models/emo with folder_paths (no-op without ComfyUI; safe to call often)."""
+    fp = _try("folder_paths")
+    if fp is None:
+        return
+    path = str(emo_dir())
+    names = getattr(fp, "folder_names_and_paths", {})
+    if EMO_FOLDER in names and path in names[EMO_FOLDER][0]:
+        return
+    fp.add_model_folder_path(EMO_FOLDER, path)
+
+
+def emo_folders() -> list[Path]:
+    """Every folder registered as "emo" (extra_model_paths.yaml included), models/emo first."""
+    fp = _try("folder_paths")
+    if fp is not None:
+        register_folders()
+        try:
+            return [Path(p) for p in fp.get_folder_paths(EMO_FOLDER)]
+        except Exception:  # an older folder_paths without get_folder_paths
+            pass
+    return [emo_dir()]
+
+
+def temp_dir() -> Path:
+    fp = _try("folder_paths")
+    d = Path(fp.get_temp_directory()) if fp is not None and hasattr(fp, "get_temp_directory") else Path(tempfile.gettempdir()) / "emo_portrait"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ---------------------------------------------------------------- VIDEO
+def make_video(path):
+    """ComfyUI's file-backed VIDEO (``VideoFromFile``) or, without ComfyUI, our small stand-in."""
+    latest = _try("comfy_api.latest")
+    if latest is not None and hasattr(latest, "InputImpl"):
+        return latest.InputImpl.VideoFromFile(str(path))
+    from .video import FileVideo
+
+    return FileVideo(str(path))

@@ -1,0 +1,118 @@
+"""Input checks and conversions shared by the sampler nodes (no ComfyUI imports)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class EmoNodeError(ValueError):
+    """A wiring or input problem, with a message meant for the node's error box."""
+
+
+def check_model(emo_model, reference, audio=None) -> None:
+    if reference["model_key"] != emo_model.key:
+        raise EmoNodeError("the EMO_REFERENCE was made by a different EMO model: connect the same "
+                           "EMO Model Loader to EMO Reference Encode and to this node")
+    if audio is not None:
+        want = (2 * emo_model.cfg.audio.context + 1, emo_model.cfg.audio.feature_blocks, emo_model.cfg.audio.feature_dim)
+        if tuple(audio["windows"].shape[1:]) != want:
+            raise EmoNodeError(f"EMO_AUDIO features are {tuple(audio['windows'].shape[1:])} per frame but this model "
+                               f"needs {want}: encode the audio with the same EMO model")
+
+
+def state_to(state, device):
+    """A ReferenceState with its tensors on ``device`` (a new object; the input is not changed)."""
+    from emo_core.models.attention import ReferenceFeatures
+    from emo_core.pipeline import ReferenceState
+
+    feats = state.features
+    if feats is not None:
+        mv = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}
+        feats = ReferenceFeatures(mv(feats.spatial), mv(feats.motion),
+                                  None if feats.active is None else feats.active.to(device))
+    return ReferenceState(state.image, state.latent.to(device),
+                          None if state.identity is None else state.identity.to(device), feats)
+
+
+def face_mask_for(mask, frames: int, size) -> torch.Tensor | None:
+    """MASK [B, H, W] -> [H, W] (B == 1) or [frames, H, W]; checks size and frame count."""
+    if mask is None:
+        return None
+    m = torch.as_tensor(mask).float()
+    if m.ndim == 2:
+        m = m[None]
+    if tuple(m.shape[-2:]) != tuple(size):
+        raise EmoNodeError(f"face mask is {m.shape[-1]}x{m.shape[-2]} but the prepared portrait is {size[1]}x{size[0]}: "
+                           "make the mask from EMO Reference Encode's image output")
+    if m.shape[0] == 1:
+        return m[0]
+    if m.shape[0] != frames:
+        raise EmoNodeError(f"face mask has {m.shape[0]} frames but the audio gives {frames} video frames: "
+                           "pass one mask, or one per video frame at the same fps")
+    return m
+
+
+def speed_for(speed, frames: int, fps: float) -> torch.Tensor | None:
+    """EMO_SPEED -> [frames] degrees per output frame (a driving series is read by time and
+    holds its last value past its end)."""
+    if speed is None:
+        return None
+    if speed.get("constant") is not None:
+        return torch.full((frames,), float(speed["constant"]))
+    series = np.asarray(speed["speed"], np.float32)
+    t = np.arange(frames) / float(fps) * float(speed["fps"])
+    idx = np.clip(np.round(t).astype(int), 0, len(series) - 1)
+    return torch.from_numpy(series[idx].copy())
+
+
+def regions_for(emo_model, regions, face_mask, size):
+    """Hallo's per-level region masks, or None for models without region audio attention.
+    Without an EMO_REGIONS input they are approximated from the face mask's box."""
+    if not emo_model.cfg.audio.region_attention:
+        return None
+    from emo_core.preprocess.masks import region_masks_per_level
+
+    if regions is None:
+        if face_mask is None:
+            raise EmoNodeError("this model (Hallo family) needs the face: connect EMO Face Mask's mask "
+                               "(or its regions) to this node")
+        regions = regions_from_mask(face_mask if face_mask.ndim == 2 else face_mask.amax(0))
+    if tuple(regions["size"]) != tuple(size):
+        raise EmoNodeError(f"face regions are for a {regions['size']} image but the portrait is {tuple(size)}")
+    return region_masks_per_level(regions, size[0], levels=len(emo_model.cfg.unet.block_out_channels))
+
+
+def regions_from_mask(mask: torch.Tensor) -> dict:
+    """Approximate Hallo regions from a face box mask [H, W] (no landmarks)."""
+    import warnings
+
+    from emo_core.preprocess.face import Face
+    from emo_core.preprocess.masks import hallo_region_masks
+
+    h, w = mask.shape
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(ys) == 0:
+        box = np.array([0, 0, w, h], np.float32)
+    else:
+        box = np.array([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = hallo_region_masks(Face(box, 1.0, image_size=(h, w)), h, w, face_expand_ratio=1.0)
+    return {"full": r["full"], "face": r["face"], "lip": r["lip"], "size": (h, w)}
+
+
+class StepProgress:
+    """Sampler callback: ComfyUI progress bar over every step of every clip, Cancel check."""
+
+    def __init__(self, steps: int, clips: int):
+        from .comfy_env import progress_bar
+
+        self.steps, self.clips = steps, clips
+        self.bar = progress_bar(steps * clips)
+
+    def __call__(self, info: dict) -> None:
+        from .comfy_env import check_interrupt
+
+        clip = info.get("clip", 1)
+        self.bar.update_absolute((clip - 1) * self.steps + info["step"], self.steps * self.clips)
+        check_interrupt()

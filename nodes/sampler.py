@@ -1,0 +1,115 @@
+"""EMO Sample Clip (one clip of the temporal UNet -> LATENT) and EMO Decode Clip (LATENT -> IMAGE).
+
+For hand-built chains: clip k takes the last n decoded frames of clip k-1 as motion frames.
+EMO Generate (chain.py) does the whole audio in one node."""
+from __future__ import annotations
+
+from .types import CATEGORY, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, EMO_REGIONS, EMO_SPEED
+
+
+class EmoSampleClip:
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT", "INT")
+    RETURN_NAMES = ("latent", "clips")
+    DESCRIPTION = ("Denoises clip 'clip_index' (f frames; Hallo: 16) with DDIM and classifier-free guidance. "
+                   "'clips' is how many clips the audio needs.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "emo_model": (EMO_MODEL, {}),
+                "reference": (EMO_REFERENCE, {}),
+                "emo_audio": (EMO_AUDIO, {}),
+                "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000}),
+                "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
+                "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
+                                  "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step)"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            },
+            "optional": {
+                "face_mask": ("MASK", {}),
+                "regions": (EMO_REGIONS, {}),
+                "speed": (EMO_SPEED, {}),
+                "motion_frames": ("IMAGE", {"tooltip": "the previous clip's decoded frames (the last n are used); "
+                                                       "without it clip 0 starts from copies of the portrait"}),
+            },
+        }
+
+    def sample(self, emo_model, reference, emo_audio, clip_index, steps, cfg, seed, face_mask=None, regions=None,
+               speed=None, motion_frames=None):
+        import torch
+
+        from emo_core.chaining import plan_clips, take_padded
+
+        from .common import (EmoNodeError, StepProgress, check_model, face_mask_for, regions_for, speed_for,
+                             state_to)
+        from .comfy_env import soft_empty_cache
+
+        check_model(emo_model, reference, emo_audio)
+        cfgm = emo_model.cfg
+        total, size = emo_audio["frames"], reference["size"]
+        plan = plan_clips(total, cfgm.clip_frames)
+        if clip_index >= len(plan):
+            raise EmoNodeError(f"clip_index {clip_index} is past the end: the audio gives {total} frames = "
+                               f"{len(plan)} clips of {cfgm.clip_frames}")
+        frames = plan[clip_index]
+        n = cfgm.motion_frames
+        if motion_frames is None:
+            if clip_index > 0:
+                raise EmoNodeError(f"clip {clip_index} needs the previous clip's frames: connect EMO Decode Clip's "
+                                   "IMAGE to motion_frames")
+            motion_pixels = reference["image"][None].expand(n, -1, -1, -1) if n else None
+        else:
+            if tuple(motion_frames.shape[1:3]) != tuple(size):
+                raise EmoNodeError(f"motion frames are {tuple(motion_frames.shape[1:3])}, the portrait {tuple(size)}")
+            motion_pixels = motion_frames[-n:, ..., :3].float() if n else None
+            if n and motion_pixels.shape[0] < n:  # fewer frames than needed: repeat the first
+                pad = motion_pixels[:1].expand(n - motion_pixels.shape[0], -1, -1, -1)
+                motion_pixels = torch.cat([pad, motion_pixels])
+        mask = face_mask_for(face_mask, total, size)
+        clip_mask = mask if mask is None or mask.ndim == 2 else take_padded(mask, frames).amax(0)
+        sp = speed_for(speed, total, emo_audio["fps"])
+        progress = StepProgress(steps, 1)
+        try:
+            with emo_model.loaded() as pipe:
+                state = state_to(reference["state"], pipe.device)
+                motion_latents = None if motion_pixels is None else pipe.vae.encode_images(motion_pixels)
+                latents = pipe.sample_clip(
+                    state, take_padded(emo_audio["windows"], frames), motion_latents, face_mask=clip_mask,
+                    region_masks=regions_for(emo_model, regions, mask, size),
+                    speed=None if sp is None else take_padded(sp, frames), steps=steps, guidance=cfg,
+                    generator=torch.Generator().manual_seed(seed), callback=progress)
+                latents = latents.float().cpu()
+        finally:
+            soft_empty_cache()
+        valid = max(0, min(cfgm.clip_frames, total - frames.start))
+        return ({"samples": latents, "emo_clip": {"index": clip_index, "start": frames.start, "frames": valid,
+                                                  "total": total}}, len(plan))
+
+
+class EmoDecodeClip:
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    DESCRIPTION = "Decodes an EMO clip latent to frames (padding frames past the end of the audio are dropped)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"emo_model": (EMO_MODEL, {}), "latent": ("LATENT", {})}}
+
+    def decode(self, emo_model, latent):
+        samples = latent["samples"]
+        if samples.ndim != 5 or samples.shape[1] != 4:
+            raise ValueError(f"expected an EMO clip latent [1, 4, f, h, w]; got {tuple(samples.shape)} "
+                             "(use EMO Sample Clip's output)")
+        with emo_model.loaded() as pipe:
+            frames = pipe.decode(samples.to(pipe.device, pipe.dtype)).float().cpu()
+        keep = latent.get("emo_clip", {}).get("frames", frames.shape[0])
+        return (frames[:keep].contiguous(),)
+
+
+NODE_CLASS_MAPPINGS = {"EmoSampleClip": EmoSampleClip, "EmoDecodeClip": EmoDecodeClip}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmoSampleClip": "EMO Sample Clip", "EmoDecodeClip": "EMO Decode Clip"}

@@ -1,0 +1,31 @@
+"""Custom types passed between the EMO nodes, with their payloads.
+
+Core types used as they are: IMAGE [B, H, W, C] float 0..1; MASK [B, H, W] float 0..1;
+LATENT {"samples": tensor}; AUDIO {"waveform": [B, C, T], "sample_rate": int}; VAE (ComfyUI's
+VAE, adapted by ``nodes.model.ComfyVae``); VIDEO (ComfyUI's file-backed ``VideoFromFile``);
+FACE_LANDMARKS (core's MediaPipe Face Landmarker output: {"frames": [[face_dict]],
+"image_size": (H, W), ...}, face_dict with bbox_xyxy, landmarks_xy, landmarks_3d,
+transformation_matrix); AUDIO_ENCODER_OUTPUT (core's AudioEncoderEncode output:
+{"encoded_audio", "encoded_audio_all_layers": tuple of [B, T50, C], "audio_samples"}).
+
+EMO_MODEL      ``nodes.model.EmoModel``: the EmoPipeline (network, VAE, DDIM schedule) kept on
+               the offload device and loaded through a ModelPatcher when a node runs, plus
+               where its helper models are (wav2vec2 folder, face model folder) and
+               ``tiny`` (random weights: output is noise). Read-only for every node.
+EMO_AUDIO      dict: "windows" [T, 2m+1, L, C] float32 CPU tensor (per-frame wav2vec2 windows),
+               "fps" float, "frames" int T = round(seconds * fps), "seconds" float,
+               "source" ("emo-wav2vec2" | "comfy-audio-encoder").
+EMO_REFERENCE  dict: "state" (emo_core.pipeline.ReferenceState on the CPU: the prepared
+               portrait, its latent, identity tokens, cached ReferenceNet features),
+               "image" [H, W, 3], "size" (H, W), "model_key" (which EMO_MODEL made it).
+EMO_SPEED      dict: "speed" [T] float32 degrees per frame or None, "constant" float or None
+               (one target for every frame), "fps" float (frames the series is measured in).
+EMO_REGIONS    dict: "full" / "face" / "lip" [H, W] float masks (Hallo's audio-attention
+               regions of the reference face), "size" (H, W).
+"""
+EMO_MODEL = "EMO_MODEL"
+EMO_AUDIO = "EMO_AUDIO"
+EMO_REFERENCE = "EMO_REFERENCE"
+EMO_SPEED = "EMO_SPEED"
+EMO_REGIONS = "EMO_REGIONS"
+CATEGORY = "EMO"
