@@ -1,0 +1,112 @@
+"""Strict loading with readable errors, our checkpoint format, SD1.5 / AnimateDiff initialisation."""
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+
+from emo_core.checkpoints import (CheckpointError, detect_format, init_from_sd15, init_motion_modules, load_model,
+                                  load_sd15_unet, load_state_dict, save_model)
+from emo_core.config import EmoConfig
+from emo_core.models.emo import EmoNet
+
+
+def tiny_net(**kw):
+    torch.manual_seed(0)
+    return EmoNet(EmoConfig.tiny(**kw))
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    net = tiny_net()
+    save_model(net, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "emo.safetensors"]
+    assert detect_format(tmp_path / "m") == "emo"
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg == net.cfg
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_hallo_checkpoint_loads_strictly(tmp_path, hallo_golden):
+    sd = load_state_dict(hallo_golden / "net.safetensors")
+    torch.save(sd, tmp_path / "net.pth")
+    assert detect_format(tmp_path) == "hallo"
+    cfg = EmoConfig.from_hallo_folder(hallo_golden, clip_frames=4, motion_frames=2)
+    net = load_model(tmp_path / "net.pth", config=cfg)
+    assert torch.equal(net.state_dict()["face_locator.conv_out.weight"], sd["face_locator.conv_out.weight"])
+
+
+def test_strict_load_errors_name_the_bad_keys(tmp_path, hallo_golden):
+    cfg = EmoConfig.from_hallo_folder(hallo_golden, clip_frames=4, motion_frames=2)
+    sd = load_state_dict(hallo_golden / "net.safetensors")
+    del sd["audioproj.proj1.weight"]
+    sd["denoising_unet.extra.weight"] = torch.zeros(1)
+    sd["imageproj.proj.weight"] = torch.zeros(3, 3)
+    save_file(sd, str(tmp_path / "net.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path / "net.safetensors", config=cfg)
+    msg = str(err.value)
+    assert "1 missing keys: audioproj.proj1.weight" in msg
+    assert "1 unexpected keys: denoising_unet.extra.weight" in msg
+    assert "imageproj.proj.weight (3, 3) vs model (128, 64)" in msg
+
+
+def test_mismatched_config_and_checkpoint(hallo_golden):
+    # A model of other widths cannot take these weights: the error says which keys differ.
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_model(hallo_golden / "net.safetensors", config=EmoConfig.tiny(family="hallo"))
+
+
+class NotATensor:
+    pass
+
+
+def test_pickle_needing_more_than_weights_is_refused(tmp_path):
+    torch.save({"w": torch.zeros(2), "obj": NotATensor()}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="needs more than plain tensors"):
+        load_state_dict(tmp_path / "bad.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_state_dict(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(tmp_path / "missing.pth")
+
+
+def test_init_from_sd15_folder(tmp_path):
+    net = tiny_net()
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(**{k: v for k, v in net.cfg.unet.to_diffusers().items() if k != "center_input_sample"})
+    unet.save_pretrained(tmp_path / "sd15" / "unet")
+    sd = load_sd15_unet(tmp_path / "sd15")
+    fresh = init_from_sd15(net, sd)
+    ref = net.reference_unet.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in sd.items() if k in ref)
+    backbone = net.denoising_unet.state_dict()
+    assert torch.equal(backbone["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
+                       sd["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+    # What stays fresh is exactly the new EMO layers.
+    assert fresh and all(any(s in k for s in (".audio_modules.", ".motion_modules.")) for k in fresh)
+
+
+def test_init_motion_modules_and_errors():
+    net = tiny_net(speed=False)
+    donor = tiny_net(speed=False)
+    torch.nn.init.normal_(donor.denoising_unet.down_blocks[0].motion_modules[0].temporal_transformer.proj_out.weight)
+    mm = {k: v for k, v in donor.denoising_unet.state_dict().items() if ".motion_modules." in k}
+    init_motion_modules(net, mm)
+    key = "down_blocks.0.motion_modules.0.temporal_transformer.proj_out.weight"
+    assert torch.equal(net.denoising_unet.state_dict()[key], mm[key])
+    bad = dict(mm)
+    bad.pop(key)
+    with pytest.raises(CheckpointError, match="missing keys: " + key.replace(".", r"\.")):
+        init_motion_modules(net, bad)
+
+
+def test_detect_format_explains(tmp_path):
+    with pytest.raises(CheckpointError, match="no model found"):
+        detect_format(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "other"}))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "emo.safetensors"))
+    with pytest.raises(CheckpointError, match="not an emo-portrait config"):
+        load_model(tmp_path)

@@ -1,0 +1,151 @@
+"""DDIM against diffusers' scheduler, classifier-free guidance batching, clip chaining."""
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from emo_core.chaining import chain_clips, plan_clips
+from emo_core.models.backbone import Conditioning
+from emo_core.pipeline import EmoPipeline
+from emo_core.sampling.ddim import Schedule, sample_ddim
+from emo_core.sampling.guidance import batch_conditions, guided, unconditional
+from test_core_models import conditioning, make_net
+
+
+def toy_model(x, t):
+    return torch.sin(x * 1.3 + t / 200.0) * 0.7
+
+
+@pytest.mark.parametrize("schedule", [
+    Schedule(),
+    Schedule.hallo(),
+    Schedule(prediction_type="v_prediction", timestep_spacing="linspace"),
+])
+@pytest.mark.parametrize("steps", [3, 7, 40])
+def test_ddim_matches_diffusers(schedule, steps):
+    ref = DDIMScheduler(**{k: getattr(schedule, k) for k in (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+        "rescale_betas_zero_snr", "timestep_spacing", "steps_offset", "set_alpha_to_one", "clip_sample")})
+    ref.set_timesteps(steps)
+    x0 = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x0.clone()
+    for t in ref.timesteps:
+        x = ref.step(toy_model(x, int(t)), t, x).prev_sample
+    assert [int(t) for t in ref.timesteps] == schedule.timesteps(steps)
+    ours = sample_ddim(toy_model, x0.clone(), schedule, steps)
+    torch.testing.assert_close(ours, x, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_stochastic_needs_noise_and_is_seeded():
+    s = Schedule()
+    x = torch.randn(1, 4, 2, 4, 4)
+    a = sample_ddim(toy_model, x, s, 5, eta=1.0, generator=torch.Generator().manual_seed(3))
+    b = sample_ddim(toy_model, x, s, 5, eta=1.0, generator=torch.Generator().manual_seed(3))
+    c = sample_ddim(toy_model, x, s, 5, eta=0.0)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_cfg_batching_equals_two_passes():
+    net = make_net("hallo")
+    x, cond = conditioning(net)
+    null = net.identity_tokens(None, 1)
+    with torch.no_grad():
+        batched = guided(net, cond, null, 3.5)(x, 400)
+        u = net(x, 400, unconditional(cond, null))
+        c = net(x, 400, cond)
+    torch.testing.assert_close(batched, u + 3.5 * (c - u), rtol=1e-5, atol=1e-5)
+    # The unconditional half really drops audio, face, identity and the reference.
+    unc = unconditional(cond, null)
+    assert torch.all(unc.audio == 0) and torch.all(unc.face == 0) and not unc.reference.active.any()
+    both = batch_conditions(unc, cond)
+    assert both.audio.shape[0] == 2 and both.reference.active.tolist() == [False, True]
+
+
+@pytest.mark.parametrize("seconds,fps", [(3.37, 25), (3.37, 30), (0.04, 25), (1.0, 24), (2.5, 29.97)])
+def test_chaining_gives_exact_frame_counts(seconds, fps):
+    total = int(seconds * fps + 0.5)
+    f, n = 12, 4
+    seen = []
+
+    def make_clip(index, frames, motion):
+        seen.append((index, frames, None if motion is None else motion[:, 0].tolist()))
+        return torch.arange(frames.start, frames.stop, dtype=torch.float32)[:, None]
+
+    out = torch.cat(list(chain_clips(total, f, n, make_clip, torch.full((n, 1), -1.0))))
+    assert out.shape[0] == total
+    assert out[:, 0].tolist() == list(range(total))
+    assert seen[0][2] == [-1.0] * n  # first clip: the initial motion (reference copies)
+    for (_, prev, _), (_, frames, motion) in zip(seen, seen[1:]):
+        assert motion == list(range(prev.stop - n, prev.stop))  # the previous clip's last n frames
+    assert len(plan_clips(total, f)) == -(-total // f)
+
+
+@pytest.mark.parametrize("fps", [25, 30])
+def test_pipeline_video_length_matches_audio(fps):
+    pipe = EmoPipeline.tiny(seed=0)
+    ref = pipe.encode_reference(torch.rand(64, 64, 3), torch.randn(pipe.cfg.identity_dim))
+    a = pipe.cfg.audio
+    total = int(3.37 * fps + 0.5)
+    windows = torch.randn(total, 2 * a.context + 1, a.feature_blocks, a.feature_dim)
+    region = {k: [torch.rand(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+    progress = []
+    clips = list(pipe.generate(ref, windows, region_masks=region, steps=1, guidance=2.0,
+                               callback=lambda s: progress.append(s)))
+    frames = torch.cat(clips)
+    assert frames.shape == (total, 64, 64, 3) and 0 <= frames.min() and frames.max() <= 1
+    n_clips = -(-total // pipe.cfg.clip_frames)
+    assert len(clips) == n_clips and progress[-1] == {"clip": n_clips, "clips": n_clips, "step": 1, "steps": 1}
+
+
+def test_reference_caching_matches_recomputing():
+    pipe = EmoPipeline.tiny(seed=1)
+    img = torch.rand(64, 64, 3)
+    emb = torch.randn(pipe.cfg.identity_dim)
+    a = pipe.cfg.audio
+    windows = torch.randn(6, 2 * a.context + 1, a.feature_blocks, a.feature_dim)
+    region = {k: [torch.rand(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+    runs = []
+    for cache in (True, False):
+        ref = pipe.encode_reference(img, emb, cache=cache)
+        runs.append(torch.cat(list(pipe.generate(ref, windows, region_masks=region, steps=2, seed=5))))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_bad_inputs_name_the_input():
+    pipe = EmoPipeline.tiny()
+    with pytest.raises(ValueError, match="multiples of 64"):
+        pipe.encode_reference(torch.rand(100, 64, 3))
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        pipe.encode_reference(torch.rand(3, 64, 64))
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    a = pipe.cfg.audio
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        list(pipe.generate(ref, torch.zeros(0, 2 * a.context + 1, a.feature_blocks, a.feature_dim)))
+    with pytest.raises(ValueError, match="audio features must be"):
+        list(pipe.generate(ref, torch.zeros(5, 3, 2, 2)))
+    windows = torch.zeros(5, 2 * a.context + 1, a.feature_blocks, a.feature_dim)
+    with pytest.raises(ValueError, match="speed covers 4 frames but the audio covers 5"):
+        list(pipe.generate(ref, windows, speed=torch.zeros(4)))
+    with pytest.raises(ValueError, match="face mask is"):
+        list(pipe.generate(ref, windows, face_mask=torch.ones(32, 32), steps=1))
+
+
+def test_interrupt_stops_cleanly():
+    pipe = EmoPipeline.tiny()
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    a = pipe.cfg.audio
+    windows = torch.zeros(9, 2 * a.context + 1, a.feature_blocks, a.feature_dim)
+    region = {k: [torch.ones(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+
+    class Stop(Exception):
+        pass
+
+    def cb(state):
+        if state["clip"] == 2:
+            raise Stop()
+
+    got = []
+    with pytest.raises(Stop):
+        for clip in pipe.generate(ref, windows, region_masks=region, steps=2, callback=cb):
+            got.append(clip)
+    assert len(got) == 1
