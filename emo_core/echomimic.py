@@ -162,3 +162,55 @@ def download(models_dir: str | Path, *, accelerated: bool = True, whisper: bool 
     if whisper:
         hf_file(HF_REPO, WHISPER_FILE, models_dir)
     return models_dir
+
+
+@torch.no_grad()
+def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, schedule, steps: int, *,
+                 face_mask: torch.Tensor | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
+                 window_batch: int = 1, storage_device="cpu", callback=None) -> torch.Tensor:
+    """The whole video as one latent sequence, sampled with context windows (``cfg.chaining ==
+    "context_windows"``): windows of ``cfg.clip_frames`` overlapping by ``cfg.context_overlap``,
+    shifted by 2 frames per step, predictions averaged; classifier-free guidance when
+    ``guidance > 1`` (the accelerated model: 6 steps, guidance 1).
+
+    ref_latent [1, 4, h, w]; audio_windows [T, window, blocks, dim] (``whisper_windows``);
+    face_mask [H, W] in 0..1 at image size, or None. The model runs on its own device, one batch
+    of windows at a time; the T-frame latents live on ``storage_device``. As EchoMimic, the
+    initial noise is clamped to [-1.5, 1.5]. Returns latents [1, 4, T, h, w] on ``storage_device``.
+    """
+    from .context_windows import windowed_model
+    from .models.backbone import Conditioning
+    from .sampling.ddim import sample_ddim
+    from .sampling.guidance import batch_conditions, unconditional
+
+    cfg = net.cfg
+    if cfg.chaining != "context_windows":
+        raise ValueError(f"this model chains clips with {cfg.chaining}; context windows need chaining='context_windows'")
+    frames = audio_windows.shape[0]
+    ref_latent = ref_latent.to(net.device, net.dtype)
+    face = None if face_mask is None else net.face_features(face_mask[None])
+    tokens = net.audio_tokens(audio_windows[None])  # [1, T, tokens, dim], on the model's device
+    cond = Conditioning(reference=net.reference_features(ref_latent, None), audio=tokens, face=face)
+    guided = guidance > 1.0
+    if guided:
+        cond = batch_conditions(unconditional(cond, None), cond)
+
+    def window_fn(x, t, windows):
+        preds = []
+        for k, idx in enumerate(windows):  # windows of one batch share the reference features
+            xi = x[k:k + 1].to(net.dtype)
+            sub = Conditioning(**{**cond.__dict__, "audio": cond.audio[:, idx]})
+            if not guided:
+                preds.append(net(xi, t, sub))
+                continue
+            u, c = net(torch.cat([xi, xi]), t, sub).chunk(2)
+            preds.append(u + guidance * (c - u))
+        return torch.cat(preds).float()
+
+    timesteps = schedule.timesteps(steps)
+    model_fn = windowed_model(window_fn, frames, cfg.clip_frames, cfg.context_overlap, timesteps,
+                              window_batch=window_batch, model_device=net.device)
+    h, w = ref_latent.shape[-2:]
+    x = torch.randn((1, cfg.unet.in_channels, frames, h, w), generator=generator).clamp(-1.5, 1.5)
+    step_cb = None if callback is None else (lambda s: callback({"step": s["i"] + 1, "steps": steps}))
+    return sample_ddim(model_fn, x.to(storage_device), schedule, steps, callback=step_cb)
