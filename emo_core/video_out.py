@@ -179,6 +179,9 @@ class Mp4Writer:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp made it private
             os.replace(self._tmp, self.path)
             self._tmp = None
         except BaseException:

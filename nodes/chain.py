@@ -41,7 +41,7 @@ class EmoGenerate:
                                                "passed through unchanged"}),
                 "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
                 "motion_start": (["reference", "zeros"], {
                     "default": "reference", "tooltip": "first clip's motion frames: copies of the portrait (Hallo) "
                                                        "or none (the paper's zero maps)"}),

@@ -10,7 +10,9 @@ from pathlib import Path
 from .types import CATEGORY, EMO_MODEL
 
 HALLO_CHOICE = "hallo (models/emo/hallo, downloaded on first use)"
-TINY_CHOICE = "tiny-random (smoke test: output is noise)"
+TINY_CHOICE = "tiny-random hallo layout (smoke test: output is noise)"
+TINY_EMO_CHOICE = "tiny-random emo layout, with speed layers (smoke test: output is noise)"
+TINY_FAMILIES = {TINY_CHOICE: "hallo", TINY_EMO_CHOICE: "emo"}
 
 
 def _local_choices() -> list[str]:
@@ -69,7 +71,7 @@ class EmoModelLoader:
         register_folders()
         return {
             "required": {
-                "model": ([HALLO_CHOICE, TINY_CHOICE] + _local_choices(), {
+                "model": ([HALLO_CHOICE, TINY_CHOICE, TINY_EMO_CHOICE] + _local_choices(), {
                     "tooltip": "hallo: Hallo's released weights (models/emo/hallo, Hallo's pretrained_models layout). "
                                "Other entries: EMO folders (config.json + emo.safetensors) or Hallo net.pth files in "
                                "models/emo. tiny-random runs everything offline and only makes noise."}),
@@ -94,8 +96,8 @@ class EmoModelLoader:
         from .model import ComfyVae, EmoModel
 
         comfy_vae = None if vae is None else ComfyVae(vae)
-        if model == TINY_CHOICE:
-            pipe = EmoPipeline.tiny(seed=0)
+        if model in TINY_FAMILIES:
+            pipe = EmoPipeline.tiny(seed=0, family=TINY_FAMILIES[model])
             if comfy_vae is not None:
                 pipe.vae = comfy_vae
             return (EmoModel(pipe, "tiny-random", "tiny", tiny=True),)

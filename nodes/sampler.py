@@ -26,7 +26,7 @@ class EmoSampleClip:
                 "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
                                   "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step)"}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
             },
             "optional": {
                 "face_mask": ("MASK", {}),

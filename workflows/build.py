@@ -1,0 +1,230 @@
+"""Writes the shipped workflows: UI format (``<name>.json``, loads in ComfyUI's editor) and API
+format (``api/<name>.json``, for POST /prompt), from the graphs below.
+
+    python workflows/build.py
+
+Core nodes only besides ours. Sample inputs: copy samples/portrait.png, samples/speech.wav,
+samples/singing.wav and samples/driving.mp4 into ComfyUI's input folder.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from nodes.loader import HALLO_CHOICE  # noqa: E402
+
+# core nodes: widget order (as the frontend stores widgets_values, extra upload values included),
+# outputs (name, type)
+CORE = {
+    "LoadImage": (["image", "__upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "LoadAudio": (["audio", "__upload", "__upload"], [("AUDIO", "AUDIO")]),
+    "LoadVideo": (["file", "__upload"], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": ([], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT"), ("bit_depth", "INT"),
+                                ("color_space", "COMBO")]),
+    "TrimAudioDuration": (["start_index", "duration"], [("AUDIO", "AUDIO")]),
+    "ImageScale": (["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
+    "ImageFlip": (["flip_method"], [("IMAGE", "IMAGE")]),
+    "CreateVideo": (["fps", "bit_depth"], [("VIDEO", "VIDEO")]),
+    "SaveVideo": (["filename_prefix", "format", "format.codec"], [("video", "VIDEO")]),
+}
+UPLOAD_VALUE = {"LoadImage": "image", "LoadVideo": "video"}
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def _ours(type_):
+    cls = NODE_CLASS_MAPPINGS[type_]
+    it = cls.INPUT_TYPES()
+    widgets, inputs = [], {}
+    for section in ("required", "optional"):
+        for name, spec in it.get(section, {}).items():
+            kind = spec[0]
+            opts = spec[1] if len(spec) > 1 else {}
+            if isinstance(kind, list) or kind in WIDGET_KINDS:
+                widgets.append(name)
+                if opts.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
+                    widgets.append("__control")
+                inputs[name] = "COMBO" if isinstance(kind, list) else kind
+            else:
+                inputs[name] = kind
+    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+    return widgets, list(zip(names, cls.RETURN_TYPES)), inputs
+
+
+def node_info(type_):
+    if type_ in CORE:
+        widgets, outs = CORE[type_]
+        return widgets, outs, {}
+    return _ours(type_)
+
+
+# --------------------------------------------------------------------------- the graphs
+# node: (id, type, {widget: value}, {input: (src_id, out_index)}); positions are laid out by column
+def _common(audio_file, size=512, steps=40, cfg=3.5, keep="all", model=HALLO_CHOICE):
+    return [
+        (1, "EmoModelLoader", {"model": model, "dtype": "auto", "download": True}, {}),
+        (2, "LoadImage", {"image": "portrait.png"}, {}),
+        (3, "LoadAudio", {"audio": audio_file}, {}),
+        (4, "EmoReferenceEncode", {"size": size, "crop": "center", "identity": True}, {"emo_model": (1, 0), "image": (2, 0)}),
+        (5, "EmoAudioEncode", {"fps": 25.0}, {"emo_model": (1, 0), "audio": (3, 0)}),
+        (6, "EmoFaceMask", {"expand": 1.2, "if_no_face": "error"}, {"image": (4, 1), "emo_model": (1, 0)}),
+        (7, "EmoGenerate", {"steps": steps, "cfg": cfg, "seed": 42, "motion_start": "reference", "keep_frames": keep},
+         {"emo_model": (1, 0), "reference": (4, 0), "emo_audio": (5, 0), "audio": (3, 0), "face_mask": (6, 0),
+          "regions": (6, 1)}),
+    ]
+
+
+def basic():
+    return _common("speech.wav") + [
+        (8, "CreateVideo", {"fps": 25.0, "bit_depth": 8}, {"images": (7, 0), "audio": (7, 1), "fps": (7, 3)}),
+        (9, "SaveVideo", {"filename_prefix": "emo/talking", "format": "auto", "format.codec": "auto"}, {"video": (8, 0)}),
+    ]
+
+
+def long_singing():
+    return _common("singing.wav", keep="last") + [
+        (9, "SaveVideo", {"filename_prefix": "emo/singing", "format": "auto", "format.codec": "auto"}, {"video": (7, 2)}),
+    ]
+
+
+def driving_speed():
+    graph = _common("speech.wav")
+    graph += [
+        (10, "LoadVideo", {"file": "driving.mp4"}, {}),
+        (11, "GetVideoComponents", {}, {"video": (10, 0)}),
+        (12, "EmoSpeed", {"target_speed": 1.0, "fps": 25.0, "driving_fps": 25.0, "smooth": 5},
+         {"driving_images": (11, 0), "driving_fps": (11, 2), "emo_model": (1, 0)}),
+        (8, "CreateVideo", {"fps": 25.0, "bit_depth": 8}, {"images": (7, 0), "audio": (7, 1), "fps": (7, 3)}),
+        (9, "SaveVideo", {"filename_prefix": "emo/driven", "format": "auto", "format.codec": "auto"}, {"video": (8, 0)}),
+    ]
+    graph[6][3]["speed"] = (12, 0)
+    return graph
+
+
+def larger_graph():
+    graph = _common("speech.wav")
+    graph += [
+        (13, "ImageScale", {"upscale_method": "lanczos", "width": 640, "height": 640, "crop": "center"}, {"image": (2, 0)}),
+        (14, "ImageFlip", {"flip_method": "y-axis: horizontally"}, {"image": (13, 0)}),
+        (15, "TrimAudioDuration", {"start_index": 0.0, "duration": 2.5}, {"audio": (3, 0)}),
+        (8, "CreateVideo", {"fps": 25.0, "bit_depth": 8}, {"images": (7, 0), "audio": (7, 1), "fps": (7, 3)}),
+        (9, "SaveVideo", {"filename_prefix": "emo/edited", "format": "auto", "format.codec": "auto"}, {"video": (8, 0)}),
+    ]
+    graph[3][3]["image"] = (14, 0)   # the reference is the scaled + mirrored portrait
+    graph[4][3]["audio"] = (15, 0)   # only the first 2.5 s of the speech
+    graph[6][3]["audio"] = (15, 0)
+    return graph
+
+
+WORKFLOWS = {
+    "emo_basic_talking": (basic, "A portrait and a speech clip -> talking video (Create Video + Save Video)."),
+    "emo_long_singing": (long_singing, "A whole song, clip after clip; frames are streamed to disk (VIDEO -> Save Video)."),
+    "emo_driving_video_speed": (driving_speed, "Head-motion speed measured on a driving video (EMO speed layers)."),
+    "emo_in_larger_graph": (larger_graph, "The portrait is scaled and mirrored, the audio trimmed, by core nodes first."),
+}
+
+
+# --------------------------------------------------------------------------- writers
+def to_api(graph) -> dict:
+    api = {}
+    for nid, type_, widgets, links in graph:
+        inputs = {k: v for k, v in widgets.items()}
+        for name, (src, slot) in links.items():
+            inputs[name] = [str(src), slot]
+        api[str(nid)] = {"class_type": type_, "inputs": inputs}
+    return dict(sorted(api.items(), key=lambda kv: int(kv[0])))
+
+
+def to_ui(graph, title: str) -> dict:
+    order = {nid: i for i, (nid, *_rest) in enumerate(_topo(graph))}
+    depth = {}
+    for nid, _t, _w, links in _topo(graph):
+        depth[nid] = 1 + max((depth[s] for s, _ in links.values()), default=-1)
+    rows: dict = {}
+    nodes, ui_links = [], []
+    link_id = 0
+    out_links: dict = {}
+    for nid, type_, widgets, links in graph:
+        for name, (src, slot) in links.items():
+            link_id += 1
+            ui_links.append([link_id, src, slot, nid, name])
+            out_links.setdefault((src, slot), []).append(link_id)
+    link_of = {(l[3], l[4]): l[0] for l in ui_links}
+    for nid, type_, widgets, links in graph:
+        wnames, outs, in_types = node_info(type_)
+        col = depth[nid]
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        values = []
+        for w in wnames:
+            if w == "__control":
+                values.append("fixed")
+            elif w == "__upload":
+                values.append(UPLOAD_VALUE.get(type_))
+            else:
+                values.append(widgets.get(w))
+        inputs = []
+        for name, (src, slot) in links.items():
+            src_type = next(t for n, t, _w, _l in [(g[0], g[1], g[2], g[3]) for g in graph] if n == src)
+            typ = node_info(src_type)[1][slot][1]
+            entry = {"name": name, "type": typ, "link": link_of[(nid, name)]}
+            if name in widgets or name in [w for w in wnames]:
+                entry["widget"] = {"name": name}
+            inputs.append(entry)
+        outputs = [{"name": n, "type": t, "links": out_links.get((nid, i)) or None, "slot_index": i}
+                   for i, (n, t) in enumerate(outs)]
+        nodes.append({
+            "id": nid, "type": type_, "pos": [40 + 380 * col, 40 + 300 * row], "size": [340, 120 + 26 * len(values)],
+            "flags": {}, "order": order[nid], "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": type_},
+            "widgets_values": values,
+            **({"title": NODE_DISPLAY_NAME_MAPPINGS[type_]} if type_ in NODE_DISPLAY_NAME_MAPPINGS else {}),
+        })
+    types = {}
+    for l in ui_links:
+        src_type = next(g[1] for g in graph if g[0] == l[1])
+        types[l[0]] = node_info(src_type)[1][l[2]][1]
+    links_out = []
+    for lid, src, slot, dst, name in ui_links:
+        dst_node = next(n for n in nodes if n["id"] == dst)
+        dst_slot = next(i for i, e in enumerate(dst_node["inputs"]) if e["name"] == name)
+        links_out.append([lid, src, slot, dst, dst_slot, types[lid]])
+    return {
+        "id": None, "revision": 0, "last_node_id": max(n["id"] for n in nodes), "last_link_id": link_id,
+        "nodes": sorted(nodes, key=lambda n: n["order"]), "links": links_out, "groups": [], "config": {},
+        "extra": {"info": {"title": title}}, "version": 0.4,
+    }
+
+
+def _topo(graph):
+    done, out = set(), []
+    by_id = {g[0]: g for g in graph}
+
+    def visit(nid):
+        if nid in done:
+            return
+        for src, _ in by_id[nid][3].values():
+            visit(src)
+        done.add(nid)
+        out.append(by_id[nid])
+
+    for g in graph:
+        visit(g[0])
+    return out
+
+
+def main() -> None:
+    (HERE / "api").mkdir(exist_ok=True)
+    for name, (make, title) in WORKFLOWS.items():
+        graph = make()
+        (HERE / f"{name}.json").write_text(json.dumps(to_ui(graph, title), indent=1) + "\n")
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(to_api(graph), indent=1) + "\n")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
