@@ -1,0 +1,133 @@
+"""Every shipped workflow: the UI copy converts to the API copy, and the API copy runs end to
+end with tiny random weights through the in-repo executor (ComfyUI's validation and
+execution semantics), with its outputs checked."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_executor import Executor, ValidationError, load_json, ui_to_api
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+NAMES = [p.stem for p in WORKFLOWS]
+
+
+@pytest.fixture(scope="module")
+def node_classes():
+    from nodes import NODE_CLASS_MAPPINGS
+
+    return NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture()
+def dirs(tmp_path, monkeypatch):
+    inp, out = tmp_path / "input", tmp_path / "output"
+    inp.mkdir()
+    out.mkdir()
+    for f in (REPO / "samples").iterdir():
+        shutil.copy(f, inp / f.name)
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return inp, out
+
+
+def tiny(prompt: dict, family: str = "hallo") -> dict:
+    """The test's only changes to a shipped workflow: tiny random weights, 64 px, 2 steps."""
+    from nodes.loader import TINY_CHOICE, TINY_EMO_CHOICE
+
+    p = json.loads(json.dumps(prompt))
+    for node in p.values():
+        t, i = node["class_type"], node["inputs"]
+        if t == "EmoModelLoader":
+            i["model"] = TINY_CHOICE if family == "hallo" else TINY_EMO_CHOICE
+        elif t == "EmoReferenceEncode":
+            i["size"] = 64
+        elif t in ("EmoGenerate", "EmoSampleClip"):
+            i["steps"] = 2
+    return p
+
+
+def test_there_are_four_workflows_with_api_copies():
+    assert len(WORKFLOWS) >= 4
+    for p in WORKFLOWS:
+        assert (REPO / "workflows" / "api" / p.name).is_file(), f"{p.name} has no API copy"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_converts_to_its_api_copy(name, node_classes, dirs):
+    ui = load_json(REPO / "workflows" / f"{name}.json")
+    api = load_json(REPO / "workflows" / "api" / f"{name}.json")
+    assert ui_to_api(ui, node_classes) == api
+    # only core nodes besides ours
+    ours = set(node_classes)
+    core = {"LoadImage", "LoadAudio", "LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo", "ImageScale",
+            "ImageFlip", "TrimAudioDuration"}
+    assert {n["class_type"] for n in api.values()} <= ours | core
+    # every link in the UI file points at real nodes and slots
+    ids = {n["id"]: n for n in ui["nodes"]}
+    for lid, src, slot, dst, dslot, typ in ui["links"]:
+        assert ids[src]["outputs"][slot]["type"] == typ
+        assert ids[dst]["inputs"][dslot]["link"] == lid
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_validates_as_shipped(name, node_classes, dirs):
+    inp, out = dirs
+    Executor(node_classes, inp, out).validate(load_json(REPO / "workflows" / "api" / f"{name}.json"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs):
+    from emo_core.preprocess.audio_io import load_audio
+    from emo_core.video_out import probe
+
+    inp, out = dirs
+    prompt = load_json(REPO / "workflows" / "api" / f"{name}.json")
+    family = "emo" if any(n["class_type"] == "EmoSpeed" for n in prompt.values()) else "hallo"
+    result = Executor(node_classes, inp, out).run(tiny(prompt, family))
+    gen_id = next(k for k, n in prompt.items() if n["class_type"] == "EmoGenerate")
+    images, audio, video, fps = result["outputs"][gen_id]
+    # the audio the generator got, after any core node that edited it
+    src = prompt[gen_id]["inputs"]["audio"]
+    audio_in = result["outputs"][src[0]][src[1]]
+    assert audio is audio_in, "AUDIO must pass through unchanged"
+    seconds = audio_in["waveform"].shape[-1] / audio_in["sample_rate"]
+    frames = math.floor(seconds * fps + 0.5)
+    keep = prompt[gen_id]["inputs"]["keep_frames"]
+    assert images.shape[0] == (frames if keep == "all" else 1)
+    assert images.shape[1:] == (64, 64, 3) and images.dtype == torch.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    # the file behind VIDEO and the saved mp4
+    saved = [Path(v) for ui in result["ui"].values() if ui for v in ui.get("videos", [])]
+    assert len(saved) == 1 and saved[0].is_file()
+    for path in (saved[0], Path(video.get_stream_source())):
+        info = probe(path)
+        assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+        assert info["video_frames"] == frames
+        assert abs(info["video_seconds"] - seconds) <= 0.5 / fps + 1e-6
+        assert abs(info["audio_seconds"] - seconds) < 0.15
+    assert not list(out.rglob("*.part*")), "no half-written file may remain"
+    if name == "emo_in_larger_graph":
+        assert seconds == pytest.approx(2.5, abs=1e-3)
+        assert len(load_audio(inp / "speech.wav")) / 16000 > 3.0
+
+
+def test_validation_reports_bad_wiring(node_classes, dirs):
+    inp, out = dirs
+    prompt = load_json(REPO / "workflows" / "api" / "emo_basic_talking.json")
+    gen = next(k for k, n in prompt.items() if n["class_type"] == "EmoGenerate")
+    bad = json.loads(json.dumps(prompt))
+    bad[gen]["inputs"]["reference"] = [next(k for k, n in prompt.items() if n["class_type"] == "LoadImage"), 0]
+    bad[gen]["inputs"]["steps"] = 0
+    del bad[gen]["inputs"]["emo_audio"]
+    with pytest.raises(ValidationError) as err:
+        Executor(node_classes, inp, out).validate(bad)
+    msg = str(err.value)
+    assert "wants EMO_REFERENCE but gets IMAGE" in msg and "below the minimum" in msg and "'emo_audio' missing" in msg
