@@ -1,0 +1,179 @@
+"""Learning benchmark: does a tiny EMO trained through all three stages on procedural
+talking faces learn what EMO claims? (A benchmark, not a CI test: about 20-30 min on CPU.)
+
+    .venv/bin/python bench/learning.py --out runs/learning
+
+Trains ``emo_core/train/configs/tiny_stage{1,2,3}.json`` on a synthetic set
+(``emo_core.train.synthetic``: identities = colours/shapes, mouth opening = audio loudness,
+head yaw speed = the speed condition, face drifting across the frame), then samples held-out
+identities and audio with DDIM + CFG and prints, for the untrained and the trained model:
+
+- mouth/loudness correlation (Pearson, over all generated frames; goal >= 0.7)
+- reference-colour error (mean |face colour - reference face colour|, 0..1)
+- measured head speed (|d yaw| per frame) for each asked speed (should rise with it)
+- face centre inside the face-locator box and nearer its centre than the reference's face
+  position (fraction of frames; the box is on the other side of the frame)
+
+The latent codec is ``PixelLatent`` (4x4 average pooling folded to 12 channels at 1/8
+resolution): nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emo_core.train import synthetic as S  # noqa: E402
+from emo_core.train.latents import PixelLatent  # noqa: E402
+from emo_core.train.loop import build_net, generate_clip, load_config, schedule_for, train  # noqa: E402
+from emo_core.train.init import read_checkpoint  # noqa: E402
+
+CONFIGS = ROOT / "emo_core" / "train" / "configs"
+
+
+def eval_cases(n: int, frames: int, motion: int, size: int, speeds, seed: int = 10_000):
+    """Held-out identities and audio (seeds never used for training)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        ident = S.Identity.random(rng)
+        rx = ident.radius * size
+        ry = rx * ident.aspect
+        ax = rng.choice([rx + 1, size - rx - 1])  # reference at one side ...
+        bx = size - ax  # ... the locator box at the other
+        cy = rng.uniform(ry + 1, size - ry - 1)
+        ref = S.render(ident, ax, cy, 0.0, 0.0, size)
+        env = S.syllable_envelope(rng, frames + 4)[2:2 + frames]
+        env = np.clip(env + rng.uniform(0, 1, frames) * (env.std() < 0.1), 0, 1)  # some variation in every clip
+        wave = S.voice(rng, env)
+        feats = S.audio_features(wave, frames)
+        cases.append({"identity": ident, "reference": ref, "box": S.face_box(ident, bx, cy, size),
+                      "centre": (bx, cy), "ref_centre": (ax, cy), "loudness": S.loudness(wave, frames), "features": feats,
+                      "speed": float(speeds[i % len(speeds)])})
+    return cases
+
+
+def _pix(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, expand: float,
+             steps: int = 20, cfg_scale: float = 2.0, seed: int = 0) -> dict:
+    from emo_core.preprocess.audio_features import window_features
+    from emo_core.train.data import box_mask
+
+    codec = PixelLatent(4)
+    net.eval()
+    ref = torch.stack([_pix(c["reference"]) for c in cases])
+    mot = ref[:, None].expand(-1, motion, -1, -1, -1) if motion else None
+    mask = torch.stack([box_mask(torch.tensor(c["box"])[None], size, expand) for c in cases])
+    audio = torch.stack([window_features(torch.from_numpy(c["features"]), m) for c in cases])
+    speed = torch.tensor([[c["speed"]] * (motion + frames) for c in cases])
+    gen = generate_clip(net, codec, schedule, ref, mot, mask, audio, speed, frames, steps=steps,
+                        cfg_scale=cfg_scale, seed=seed)
+    imgs = ((gen.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
+    mouth, loud, colour_err, inside = [], [], [], []
+    speeds: dict[float, list] = {}
+    for c, clip in zip(cases, imgs):
+        ms = [S.measure_frame(f, c["identity"]) for f in clip]
+        mouth += [x["mouth"] for x in ms]
+        loud += list(c["loudness"])
+        colour_err += [float(np.abs(x["colour"] - c["identity"].face).mean()) for x in ms]
+        x0, y0, x1, y1 = c["box"]
+        # inside the box, and nearer the box's centre than the reference's face centre
+        inside += [float(x["found"] and x0 <= x["centre"][0] <= x1 and y0 <= x["centre"][1] <= y1
+                         and abs(x["centre"][0] - c["centre"][0]) < abs(x["centre"][0] - c["ref_centre"][0]))
+                   for x in ms]
+        yaw = np.array([x["yaw"] for x in ms])
+        speeds.setdefault(c["speed"], []).append(float(np.abs(np.diff(yaw)).mean()))
+    corr = float(np.corrcoef(mouth, loud)[0, 1]) if np.std(mouth) > 0 else 0.0
+    return {"mouth_corr": corr, "colour_err": float(np.mean(colour_err)), "inside_box": float(np.mean(inside)),
+            "speed": {k: float(np.mean(v)) for k, v in sorted(speeds.items())}, "images": imgs}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/learning")
+    p.add_argument("--videos", type=int, default=240)
+    p.add_argument("--frames", type=int, default=48, help="frames per synthetic video")
+    p.add_argument("--steps", type=int, nargs=3, default=None, metavar=("S1", "S2", "S3"),
+                   help="optimizer steps per stage (default: the tiny configs' steps)")
+    p.add_argument("--cases", type=int, default=24, help="held-out clips to sample")
+    p.add_argument("--speeds", type=float, nargs="+", default=[1.0, 4.0, 8.0], help="asked head speeds (deg/frame)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    t_start = time.time()
+    data = out / "synthetic"
+    if not (data / "manifest.json").is_file():
+        S.make_dataset(data, args.videos, args.frames, 64, seed=1)
+    print(f"synthetic set: {args.videos} videos x {args.frames} frames at {data} ({time.time() - t_start:.0f} s)")
+
+    prev = None
+    results = []
+    for stage in (1, 2, 3):
+        sets = [f"data.shards={json.dumps([str(data)])}", f"output.dir={json.dumps(str(out / f'stage{stage}'))}",
+                "output.progress=false"]
+        if args.steps:
+            sets.append(f"train.max_steps={args.steps[stage - 1]}")
+            sets.append(f"output.checkpoint_every={args.steps[stage - 1]}")
+        cfg = load_config(CONFIGS / f"tiny_stage{stage}.json", sets)
+        cfg["init"] = {"checkpoint": str(prev)} if prev else {}
+        t0 = time.time()
+        r = train(cfg, log=lambda s: print("  " + s))
+        prev = r.final
+        first, last = np.mean(r.losses[:50]), np.mean(r.losses[-50:])
+        print(f"stage {stage}: {r.steps} steps in {time.time() - t0:.0f} s, loss {first:.4f} -> {last:.4f}")
+        results.append(cfg)
+
+    cfg = results[-1]
+    trained, ec, _ = build_net(cfg)
+    state, _, _ = read_checkpoint(prev)
+    trained.load_state_dict(state)
+    untrained, _, _ = build_net({**cfg, "init": {}})
+    schedule = schedule_for(cfg, ec)
+    cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds)
+    kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
+              expand=cfg["data"]["mask_expand"])
+    r_un = evaluate(untrained, schedule, cases, **kw)
+    r_tr = evaluate(trained, schedule, cases, **kw)
+    try:
+        from PIL import Image
+
+        grid = np.concatenate([np.concatenate(list(clip), 1) for clip in r_tr["images"][:8]], 0)
+        Image.fromarray(grid).save(out / "trained_samples.png")
+    except Exception as exc:  # the picture is a convenience only
+        print(f"(could not save the sample grid: {exc})")
+
+    def row(name, a, b, fmt="{:.3f}"):
+        print(f"{name:<40}{fmt.format(a):>12}{fmt.format(b):>12}")
+
+    print()
+    print(f"held-out: {args.cases} clips of {ec.clip_frames} frames, new identities and audio")
+    print(f"{'metric':<40}{'untrained':>12}{'trained':>12}")
+    row("mouth/loudness correlation (>= 0.7)", r_un["mouth_corr"], r_tr["mouth_corr"])
+    row("reference-colour error (0..1, lower)", r_un["colour_err"], r_tr["colour_err"])
+    row("face centre in locator box, not at ref",  r_un["inside_box"], r_tr["inside_box"])
+    for s in sorted(r_tr["speed"]):
+        row(f"head speed asked {s:g} deg/frame -> measured", r_un["speed"][s], r_tr["speed"][s])
+    sp = [r_tr["speed"][s] for s in sorted(r_tr["speed"])]
+    print(f"trained head speed monotonic in the asked speed: {all(a < b for a, b in zip(sp, sp[1:]))}")
+    print(f"total time {time.time() - t_start:.0f} s")
+    (out / "results.json").write_text(json.dumps(
+        {k: {kk: vv for kk, vv in v.items() if kk != "images"} for k, v in (("untrained", r_un), ("trained", r_tr))},
+        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
