@@ -150,18 +150,56 @@ def load_echomimic(folder: str | Path, *, accelerated: bool | None = None, confi
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def download(models_dir: str | Path, *, accelerated: bool = True, whisper: bool = True) -> Path:
-    """Fetches EchoMimic's files from Hugging Face into ``models_dir`` (only the missing ones):
-    the shared ``reference_unet.pth`` and ``face_locator.pth``, the plain or ``_acc`` denoising
-    UNet and motion module, and ``audio_processor/whisper_tiny.pt``. Returns ``models_dir``."""
-    from .hub import hf_file
+def repo_files(accelerated: bool) -> list[tuple[str, str, int]]:
+    """(path in the Hugging Face repo = path in the local folder, description, minimum plausible size)."""
+    stems = file_names(accelerated)
+    size = {"denoising_unet": 1 << 30, "motion_module": 100 << 20, "reference_unet": 500 << 20, "face_locator": 1 << 10}
+    what = {"denoising_unet": "denoising 3D UNet", "motion_module": "motion modules",
+            "reference_unet": "reference UNet", "face_locator": "face locator"}
+    files = [(f"{stems[p]}.pth", f"EchoMimic{' accelerated' if accelerated and p in ACCELERATED_PARTS else ''} "
+              f"{what[p]}", size[p]) for p in PARTS]
+    return files + [(WHISPER_FILE, "whisper-tiny audio encoder (OpenAI's tiny.pt)", 30 << 20)]
 
-    models_dir = Path(models_dir)
-    for stem in file_names(accelerated).values():
-        hf_file(HF_REPO, f"{stem}.pth", models_dir)
-    if whisper:
-        hf_file(HF_REPO, WHISPER_FILE, models_dir)
-    return models_dir
+
+def file_url(path: str, revision: str = "main") -> str:
+    return f"https://huggingface.co/{HF_REPO}/resolve/{revision}/{path}"
+
+
+def instructions(folder: str | Path, accelerated: bool = True) -> str:
+    folder = Path(folder).expanduser()
+    lines = [f"EchoMimic model files belong in {folder} (e.g. `huggingface-cli download {HF_REPO} --local-dir "
+             f"{folder}`), laid out as:"]
+    for path, what, _ in repo_files(accelerated):
+        lines.append(f"  {folder / path}   <- {file_url(path)}  ({what})")
+    lines.append(f"  (whisper_tiny.pt is OpenAI's tiny.pt: {WHISPER_URL})")
+    return "\n".join(lines)
+
+
+def ensure_echomimic(folder: str | Path, *, accelerated: bool = True, download: bool = True,
+                     progress_callback=None) -> Path:
+    """Makes sure EchoMimic's files (plain or accelerated) and whisper-tiny are in ``folder``,
+    downloading the missing ones one at a time and atomically (``hub.ensure_file``). Offline or
+    with ``download=False``: ``ModelFileMissing`` saying which file goes where.
+    ``progress_callback(path, bytes_done, total_or_None)``."""
+    from .hub import ModelFileMissing, ensure_file
+
+    folder = Path(folder).expanduser()
+    for path, _, min_bytes in repo_files(accelerated):
+        target = folder / path
+        if target.is_file():
+            if target.stat().st_size < min_bytes:
+                raise ModelFileMissing(f"{target} looks truncated ({target.stat().st_size} bytes); delete it to "
+                                       f"download it again\n" + instructions(folder, accelerated))
+            continue
+        if not download:
+            raise ModelFileMissing(f"{target} is missing (automatic download is switched off)\n"
+                                   + instructions(folder, accelerated))
+        cb = None if progress_callback is None else (lambda done, total, _p=path: progress_callback(_p, done, total))
+        try:
+            ensure_file(file_url(path), target, progress_callback=cb, timeout=120.0)
+        except ModelFileMissing as exc:
+            raise ModelFileMissing(f"{exc}\n\n" + instructions(folder, accelerated)) from exc
+    return folder
 
 
 @torch.no_grad()

@@ -165,3 +165,15 @@ def test_sample_video_long_sequence_accelerated_settings():
     with pytest.raises(ValueError, match="chaining"):
         sample_video(EmoNet(EmoConfig.tiny(family="hallo")), torch.randn(1, 4, 16, 16),
                      torch.randn(4, 5, 2, 8), Schedule.hallo(), 1)
+
+
+def test_download_helper_names_every_file(tmp_path):
+    from emo_core.echomimic import ensure_echomimic, repo_files
+    from emo_core.hub import ModelFileMissing
+
+    names = [p for p, _, _ in repo_files(accelerated=True)]
+    assert names == ["denoising_unet_acc.pth", "motion_module_acc.pth", "reference_unet.pth", "face_locator.pth",
+                     "audio_processor/whisper_tiny.pt"]
+    with pytest.raises(ModelFileMissing, match="BadToBest/EchoMimic") as err:
+        ensure_echomimic(tmp_path, accelerated=True, download=False)
+    assert str(tmp_path / "denoising_unet_acc.pth") in str(err.value)
