@@ -199,7 +199,7 @@ class Shard:
         out = []
         for i in idx:
             raw = data[int(offsets[i]):int(offsets[i + 1])].numpy().tobytes()
-            out.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))))
+            out.append(torch.from_numpy(np.array(Image.open(io.BytesIO(raw)).convert("RGB"))))
         return torch.stack(out)
 
     def tensor(self, name: str) -> torch.Tensor:
