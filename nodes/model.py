@@ -51,18 +51,9 @@ class ComfyVae:
 
 
 def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
-    """A randomly initialised wav2vec2 with ``layers`` blocks of width ``hidden`` (smoke preset)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from emo_core.cli_generate import tiny_wav2vec as make
 
-    cfg = Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                         intermediate_size=2 * hidden, conv_dim=(8,) * 7, num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
-                         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                         layerdrop=0.0, mask_time_prob=0.0, apply_spec_augment=False)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Wav2Vec2Model(cfg)
-    return model.eval().requires_grad_(False)
+    return make(hidden, layers, seed)
 
 
 class _Modules(nn.Module):

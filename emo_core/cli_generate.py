@@ -1,0 +1,185 @@
+"""``python -m emo_core generate``: portrait + audio -> H.264 + AAC mp4, streamed clip by clip.
+
+    python -m emo_core generate --image portrait.png --audio speech.wav -o out.mp4 --weights models/emo/hallo
+    python -m emo_core generate --image samples/portrait.png --audio samples/speech.wav -o smoke.mp4 --tiny
+
+``--weights``: a model folder (Hallo's pretrained_models layout, or ours: config.json +
+emo.safetensors with sd-vae-ft-mse/ and wav2vec/wav2vec2-base-960h/ beside it); with
+``--download`` missing Hallo files are fetched into it first. ``--tiny``: random tiny
+weights, fully offline: the output is noise, it only shows that everything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="portrait image (png/jpg)")
+    p.add_argument("--audio", required=True, help="speech or singing (wav/mp3/flac/m4a or a video's audio track)")
+    p.add_argument("-o", "--output", required=True, help="output .mp4")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="model folder (Hallo's pretrained_models layout or ours); "
+                                       "default: $EMO_MODELS_DIR/emo/hallo or ~/.cache/emo_portrait/models/emo/hallo")
+    src.add_argument("--tiny", action="store_true", help="random tiny weights, offline smoke test: the output is noise")
+    p.add_argument("--download", action="store_true", help="download missing Hallo files into the weights folder")
+    p.add_argument("--size", type=int, default=512, help="output side in pixels, multiple of 64 (default 512; --tiny: 64)")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 40; --tiny: 4)")
+    p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", type=float, default=None, help="constant head-rotation speed target, degrees per frame "
+                                                             "(models with speed layers)")
+    p.add_argument("--motion-start", choices=("reference", "zeros"), default="reference")
+    p.add_argument("--expand", type=float, default=1.2, help="face box growth for the face-locator mask")
+    p.add_argument("--no-face", choices=("error", "full_frame"), default="error", help="what to do without a face")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    p.add_argument("--crf", type=float, default=18, help="H.264 quality (lower is better)")
+
+
+def default_weights() -> Path:
+    import os
+
+    root = Path(os.environ.get("EMO_MODELS_DIR", Path.home() / ".cache" / "emo_portrait" / "models")).expanduser()
+    return root / "emo" / "hallo"
+
+
+def load_portrait(path, size: int):
+    """Image file -> [size, size, 3] float 0..1 (centre square crop, bicubic resize)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        im = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read the image {path}: {exc}")
+    w, h = im.size
+    side = min(w, h)
+    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    im = im.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, np.float32) / 255.0)
+
+
+def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
+    """A randomly initialised wav2vec2 with ``layers`` blocks of width ``hidden`` (smoke preset)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=2 * hidden, conv_dim=(8,) * 7, num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
+                         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                         layerdrop=0.0, mask_time_prob=0.0, apply_spec_augment=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Wav2Vec2Model(cfg)
+    return model.eval().requires_grad_(False)
+
+
+def face_conditioning(pipe, portrait, expand: float, if_missing: str, models_dir):
+    """(face-locator mask [H, W], region masks per level or None, identity embedding or None)."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from .preprocess.face import Face, FaceAnalyzer, NoFaceError
+    from .preprocess.masks import face_box_mask, hallo_region_masks, region_masks_per_level
+
+    h, w = portrait.shape[:2]
+    img = (portrait.numpy() * 255 + 0.5).astype(np.uint8)
+    try:
+        with FaceAnalyzer(models_dir=models_dir) as analyzer:
+            face = analyzer.analyze(img, if_missing=if_missing)
+    except NoFaceError as exc:
+        raise SystemExit(f"error: {exc} (--no-face full_frame continues without one)")
+    mask = face_box_mask(face, h, w, expand)
+    regions = None
+    if pipe.cfg.audio.region_attention:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = hallo_region_masks(face if face.score > 0 else Face(face.box_xyxy, 1.0, image_size=(h, w)), h, w,
+                                   face_expand_ratio=expand)
+        regions = region_masks_per_level(r, h, levels=len(pipe.cfg.unet.block_out_channels))
+    embedding = None
+    if pipe.cfg.identity_dim is not None and models_dir is not None:
+        from .preprocess.identity import FaceEmbedder
+
+        embedding = torch.from_numpy(FaceEmbedder(models_dir=models_dir).embed(img, face))
+    return mask, regions, embedding
+
+
+def main(args) -> int:
+    import torch
+
+    from .hub import ModelFileMissing, ensure_hallo
+    from .pipeline import EmoPipeline
+    from .preprocess.audio_features import AudioFeatureExtractor, load_wav2vec
+    from .preprocess.audio_io import AudioError, load_audio
+    from .video_out import Mp4Writer
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        args.dtype, torch.float32 if device.type == "cpu" else torch.float16)
+    out = Path(args.output)
+    if out.suffix.lower() != ".mp4":
+        raise SystemExit(f"error: the output must be an .mp4 file, got {out}")
+    if not Path(args.image).is_file():
+        raise SystemExit(f"error: image {args.image} not found")
+    t0 = time.time()
+    try:
+        wave = load_audio(args.audio)
+    except AudioError as exc:
+        raise SystemExit(f"error: {exc}")
+    if args.tiny:
+        print("--tiny: random tiny weights. This only shows that the whole pipeline runs; the video is NOISE.",
+              file=sys.stderr)
+        torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+        pipe = EmoPipeline.tiny(seed=0, family="hallo", device=device)
+        audio_model = tiny_wav2vec(pipe.cfg.audio.feature_dim, pipe.cfg.audio.feature_blocks)
+        size, face_dir = (64 if args.size == 512 else args.size), None
+    else:
+        weights = Path(args.weights).expanduser() if args.weights else default_weights()
+        try:
+            if not (weights / "config.json").is_file():  # Hallo's layout: check (and fetch) its files
+                ensure_hallo(weights, download=args.download)
+            pipe = EmoPipeline.from_folder(weights, device=device, dtype=dtype)
+            audio_model = load_wav2vec(weights / "wav2vec" / "wav2vec2-base-960h", device=device)
+        except (ModelFileMissing, FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}")
+        size, face_dir = args.size, weights / "face_analysis" / "models"
+    if args.steps is None:
+        args.steps = 4 if args.tiny else 40
+    multiple = pipe.cfg.size_multiple
+    if size % multiple:
+        raise SystemExit(f"error: --size {size} is not a multiple of {multiple}")
+    portrait = load_portrait(args.image, size)
+    mask, regions, embedding = face_conditioning(pipe, portrait, args.expand, args.no_face, face_dir)
+    windows = AudioFeatureExtractor(audio_model, fps=args.fps, m=pipe.cfg.audio.context).windows(wave)
+    del audio_model
+    frames = windows.shape[0]
+    speed = None if args.speed is None else torch.full((frames,), float(args.speed))
+    ref = pipe.encode_reference(portrait, face_embedding=embedding)
+    clips = -(-frames // pipe.cfg.clip_frames)
+    print(f"{len(wave) / 16000:.2f} s of audio -> {frames} frames at {args.fps:g} fps, {clips} clips of "
+          f"{pipe.cfg.clip_frames}, {args.steps} steps, {size}x{size} on {device}", file=sys.stderr)
+
+    def progress(info):
+        if info["step"] == info["steps"]:
+            print(f"  clip {info['clip']}/{info['clips']} done ({time.time() - t0:.1f} s)", file=sys.stderr)
+
+    try:
+        with Mp4Writer(out, args.fps, audio=wave, sample_rate=16000, crf=args.crf) as writer:
+            for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
+                                      steps=args.steps, guidance=args.cfg, seed=args.seed,
+                                      motion_start=args.motion_start, callback=progress):
+                writer.write(clip)
+    except KeyboardInterrupt:
+        print(f"interrupted: {out} was not written", file=sys.stderr)
+        return 130
+    print(f"wrote {out} ({writer.frames_written} frames, {time.time() - t0:.1f} s)", file=sys.stderr)
+    return 0
