@@ -137,13 +137,17 @@ class EmoPipeline:
                             region_masks=region_masks, region_weights=region_weights)
         null_identity = net.identity_tokens(None, batch=1)
 
+        def with_reference(features: ReferenceFeatures):
+            c = Conditioning(**{**cond.__dict__, "reference": features.with_motion(motion)})
+            return guided(net, c, null_identity, guidance)
+
+        if ref.features is not None:  # built once per clip: the portrait's features are reused by every step
+            guided_fn = with_reference(ref.features)
+        else:  # caching off: the portrait goes through ReferenceNet at every step
+            guided_fn = lambda x, t: with_reference(net.reference_features(ref.latent, ref.identity))(x, t)
+
         def model_fn(x, t):
-            if ref.features is not None:
-                reference = ref.features.with_motion(motion)
-            else:  # caching off: the portrait goes through ReferenceNet at every step
-                reference = net.reference_features(ref.latent, ref.identity).with_motion(motion)
-            c = Conditioning(**{**cond.__dict__, "reference": reference})
-            return guided(net, c, null_identity, guidance)(x.to(self.dtype), t).float()
+            return guided_fn(x.to(self.dtype), t).float()
 
         h, w = ref.latent.shape[-2:]
         x = torch.randn((1, net.cfg.unet.in_channels, f, h, w), generator=generator,
