@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config value, e.g. --set train.max_steps=100 --set output.dir=runs/s1")
     parser.add_argument("--resume", default="auto",
                         help="'auto' (continue from the newest checkpoint in output.dir), 'never', or a checkpoint folder")
+    parser.add_argument("--cpu", action="store_true",
+                        help="run on CPU even where a GPU exists (several CPU processes: "
+                             "accelerate launch --multi_gpu --num_processes N -m emo_core train CONFIG --cpu)")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
 
 
@@ -33,7 +36,12 @@ def main(args) -> int:
         if args.print_config:
             print(json.dumps(cfg, indent=1))
             return 0
-        result = train(cfg, resume=args.resume)
+        acc = None
+        if args.cpu:
+            from accelerate import Accelerator
+
+            acc = Accelerator(cpu=True, mixed_precision=cfg["train"]["mixed_precision"])
+        result = train(cfg, resume=args.resume, accelerator=acc)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
