@@ -88,6 +88,13 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float16
 
 
+class _Holder(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.device = None
+
+
 class Patched:
     """Loads a module onto the compute device through ComfyUI's model management (a
     ModelPatcher, fully loaded, so ComfyUI can offload it when other models need memory);
@@ -99,8 +106,9 @@ class Patched:
         mp = _try("comfy.model_patcher")
         mm = _try("comfy.model_management")
         if mp is not None and mm is not None:
-            size = mm.module_size(module) if hasattr(mm, "module_size") else 0
-            self.patcher = mp.ModelPatcher(module, load_device=load_device(), offload_device=offload_device(), size=size)
+            holder = _Holder(module)  # ModelPatcher assigns .device, a read-only property on many modules
+            size = mm.module_size(holder) if hasattr(mm, "module_size") else 0
+            self.patcher = mp.ModelPatcher(holder, load_device=load_device(), offload_device=offload_device(), size=size)
 
     @contextlib.contextmanager
     def loaded(self):

@@ -114,7 +114,7 @@ class EmoModelLoader:
 
     @staticmethod
     def _load_path(path: Path, dtype, comfy_vae):
-        from emo_core.checkpoints import detect_format, load_model
+        from emo_core.checkpoints import CheckpointError, detect_format, load_model
         from emo_core.pipeline import EmoPipeline
         from emo_core.sampling.ddim import Schedule
         from emo_core.vae import load_vae
@@ -122,7 +122,12 @@ class EmoModelLoader:
         from .comfy_env import offload_device
         from .model import EmoModel
 
-        fmt = detect_format(path)  # CheckpointError with the reason for anything else
+        try:
+            fmt = detect_format(path)  # CheckpointError with the reason for anything else
+        except CheckpointError:
+            raise
+        except Exception as exc:  # e.g. a corrupt safetensors header
+            raise CheckpointError(f"{path}: not a readable EMO or Hallo checkpoint ({exc})") from exc
         folder = path if path.is_dir() else path.parent
         net = load_model(path, device=offload_device(), dtype=dtype)
         vae = comfy_vae

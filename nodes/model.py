@@ -63,7 +63,6 @@ class _Modules(nn.Module):
         super().__init__()
         self.net = net
         self.vae = vae
-        self.device = torch.device("cpu")
 
 
 @dataclass(eq=False)
