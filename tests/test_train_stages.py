@@ -1,0 +1,225 @@
+"""CI-sized training: all three stages on the synthetic set (loss falls; each stage trains
+exactly its parameters), condition dropout = CFG's null inputs, initialisation sources and
+clear errors for bad configs/checkpoints."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from emo_core.__main__ import main as cli
+from emo_core.models.attention import ReferenceFeatures
+from emo_core.sampling.guidance import unconditional
+from emo_core.train import data as D
+from emo_core.train import synthetic
+from emo_core.train.init import InitError, init_animatediff, init_hallo, init_sd15, initialise
+from emo_core.train.latents import PixelLatent
+from emo_core.train.loop import (TrainConfigError, TrainStep, build_net, conditioning, drop_conditions, load_config,
+                                 schedule_for, train, _dataset)
+from emo_core.train.stages import StageError, apply_stage
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "emo_core" / "train" / "configs"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("syn")
+    synthetic.make_dataset(d, 12, 16, 64, seed=5)
+    return d
+
+
+def _cfg(stage: int, shards: Path, out: Path, steps: int, **init) -> dict:
+    cfg = load_config(CONFIGS / f"tiny_stage{stage}.json", [
+        f"data.shards={json.dumps([str(shards)])}", f"output.dir={json.dumps(str(out))}", "output.progress=false",
+        f"train.max_steps={steps}", f"output.checkpoint_every={steps}", "output.log_every=5", "optim.lr=0.001",
+        "optim.warmup_steps=0", "train.batch_size=4"])
+    cfg["init"] = {k: str(v) for k, v in init.items()}
+    cfg["model"]["overrides"]["clip_frames"] = 4
+    return cfg
+
+
+def _fixed_batch(cfg, net, n=8):
+    codec = PixelLatent(4)
+    ds = _dataset(cfg, net.cfg, D.list_shards(cfg["data"]["shards"]), codec.channels)
+    batch = D.collate([ds[10_000 + i] for i in range(n)])
+    lat = codec.encode(batch["pixels"].flatten(0, 1)).unflatten(0, batch["pixels"].shape[:2])
+    g = torch.Generator().manual_seed(0)
+    clip = lat[:, ds.motion:].permute(0, 2, 1, 3, 4)
+    return {"clip": clip, "ref": codec.encode(batch["reference"]), "motion": lat[:, :ds.motion] if ds.motion else None,
+            "mask": batch["mask"], "audio": batch["audio"] if cfg["stage"] >= 2 else None,
+            "speed": batch["speed"] if cfg["stage"] == 3 else None,
+            "noise": torch.randn(clip.shape, generator=g), "t": torch.linspace(50, 950, n).long()}
+
+
+def _loss(cfg, net, b) -> float:
+    step = TrainStep(net, schedule_for(cfg, net.cfg), cfg["stage"])
+    none = torch.zeros(b["clip"].shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        return float(step(b["clip"], b["ref"], b["motion"], b["mask"], b["audio"], b["speed"], b["noise"], b["t"],
+                          {"reference": none, "audio": none, "face": none, "identity": none}))
+
+
+def _net_at(cfg, ckpt):
+    net, _, _ = build_net({**cfg, "init": {"checkpoint": str(ckpt)}})
+    return net
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_gradients_reach_exactly_the_trained_parameters(stage, shards, tmp_path):
+    cfg = _cfg(stage, shards, tmp_path / "o", 1)
+    net, _, _ = build_net(cfg)
+    names = set(apply_stage(net, stage))
+    b = _fixed_batch(cfg, net, n=2)
+    step = TrainStep(net, schedule_for(cfg, net.cfg), stage)
+    none = torch.zeros(2, dtype=torch.bool)
+    step(b["clip"], b["ref"], b["motion"], b["mask"], b["audio"], b["speed"], b["noise"], b["t"],
+         {"reference": none, "audio": none, "face": none, "identity": none}).backward()
+    got = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert got == names  # every trained tensor gets a gradient (DDP needs no find_unused_parameters)
+    assert all(not p.requires_grad for n, p in net.named_parameters() if n not in names)
+    if stage == 1:
+        assert not any(re.search(r"motion_modules|audio|speed", n) for n in names)
+        assert any(n.startswith("reference_unet.") for n in names) and any(n.startswith("face_locator.") for n in names)
+    if stage == 2:
+        assert any(".audio_modules." in n for n in names) and any(".motion_modules." in n for n in names)
+        assert not any("speed" in n for n in names)
+    if stage == 3:
+        assert all(".motion_modules." in n or n.startswith("speed_encoder.") for n in names)
+        assert any(".speed_attention." in n for n in names)
+        assert not any(".audio_modules." in n for n in names)
+
+
+def test_three_stages_learn_and_freeze(shards, tmp_path):
+    prev = None
+    for stage, steps in ((1, 40), (2, 25), (3, 20)):
+        cfg = _cfg(stage, shards, tmp_path / f"s{stage}", steps, **({"checkpoint": prev} if prev else {}))
+        start, _, _ = build_net(cfg)
+        b = _fixed_batch(cfg, start)
+        before = _loss(cfg, start, b)
+        r = train(cfg, log=lambda s: None)
+        after_net = _net_at(cfg, r.final)
+        after = _loss(cfg, after_net, b)
+        assert after < before, f"stage {stage}: fixed-batch loss {before:.4f} -> {after:.4f}"
+        trained = set(apply_stage(start, stage))
+        s0, s1 = start.state_dict(), after_net.state_dict()
+        frozen_changed = [k for k in s0 if k not in trained and not torch.equal(s0[k], s1[k])]
+        assert frozen_changed == []
+        changed = [k for k in trained if not torch.equal(s0[k], s1[k])]
+        assert len(changed) > 0.9 * len(trained)
+        log = [json.loads(x) for x in (tmp_path / f"s{stage}" / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == steps
+        prev = r.final
+    assert (tmp_path / "s3" / f"checkpoint-{20:06d}" / "optimizer.safetensors").is_file()
+
+
+def test_condition_dropout_uses_the_cfg_null_inputs():
+    from emo_core.config import EmoConfig
+    from emo_core.models.emo import EmoNet
+
+    torch.manual_seed(0)
+    net = EmoNet(EmoConfig.tiny(family="hallo"))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ref = torch.randn(2, 4, 8, 8)
+    cond, null = conditioning(net, ref, None, torch.rand(2, 64, 64), torch.randn(2, 4, 5, 2, 8), None,
+                              identity_embedding=torch.randn(2, 8))
+    unc = unconditional(cond, null)
+    drop = drop_conditions(cond, null, {"reference": torch.tensor([True, False]), "audio": torch.tensor([True, False]),
+                                        "face": torch.tensor([True, False]), "identity": torch.tensor([True, False])})
+    assert torch.equal(drop.audio[0], unc.audio[0]) and torch.equal(drop.audio[1], cond.audio[1])
+    assert torch.equal(drop.face[0], unc.face[0]) and torch.equal(drop.face[1], cond.face[1])
+    assert torch.equal(drop.identity[0], unc.identity[0]) and torch.equal(drop.identity[1], cond.identity[1])
+    assert drop.reference.active.tolist() == [False, True]
+    assert isinstance(drop.reference, ReferenceFeatures)
+
+
+def test_init_from_sd15_animatediff_and_hallo(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from emo_core.config import EmoConfig
+    from emo_core.models.emo import EmoNet
+
+    cfg = EmoConfig.tiny()
+    sd = UNet2DConditionModel(**{k: v for k, v in cfg.unet.to_diffusers().items() if k != "center_input_sample"})
+    (tmp_path / "unet").mkdir()
+    save_file(sd.state_dict(), str(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    net = EmoNet(cfg)
+    init_sd15(net, tmp_path)
+    w = sd.state_dict()["down_blocks.0.attentions.0.proj_in.weight"]
+    assert torch.equal(net.denoising_unet.state_dict()["down_blocks.0.attentions.0.proj_in.weight"], w)
+    assert torch.equal(net.reference_unet.state_dict()["down_blocks.0.attentions.0.proj_in.weight"], w)
+
+    donor = EmoNet(cfg)
+    mm = {k: v + 1 for k, v in donor.denoising_unet.state_dict().items()
+          if ".motion_modules." in k and "speed" not in k}
+    torch.save(mm, tmp_path / "mm.ckpt")
+    report = init_animatediff(net, tmp_path / "mm.ckpt")
+    assert "speed-layer tensors left fresh" in report[0]
+    k = next(iter(mm))
+    assert torch.equal(net.denoising_unet.state_dict()[k], mm[k])
+    torch.save({"down_blocks.0.motion_modules.0.bogus": torch.zeros(1)}, tmp_path / "bad.ckpt")
+    with pytest.raises(InitError, match="no temporal module"):
+        init_animatediff(net, tmp_path / "bad.ckpt")
+
+    hallo = EmoNet(EmoConfig.tiny(speed=False, family="hallo"))
+    torch.save(hallo.state_dict(), tmp_path / "net.pth")
+    with_speed = EmoNet(EmoConfig.tiny(speed=True, family="hallo"))
+    report = init_hallo(with_speed, tmp_path / "net.pth")
+    assert "speed-layer tensors left fresh" in report[0]
+    with pytest.raises(InitError, match="Hallo-family"):
+        init_hallo(EmoNet(cfg), tmp_path / "net.pth")
+    with pytest.raises(InitError, match="shape mismatches|lacks|does not have"):
+        init_sd15(EmoNet(cfg), tmp_path / "net.pth")  # a Hallo file is not an SD1.5 UNet
+
+
+def test_bad_configs_and_checkpoints_fail_clearly(shards, tmp_path, capsys):
+    # a config naming a missing checkpoint: clear error from the command, nothing written
+    cfg = _cfg(2, shards, tmp_path / "o2", 2, checkpoint=tmp_path / "missing")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    assert cli(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "not found" in err
+    assert not (tmp_path / "o2").exists()
+
+    # unknown keys / bad stage
+    with pytest.raises(TrainConfigError, match="unknown config key 'train.lr'"):
+        load_config({"stage": 1, "train": {"lr": 1}})
+    with pytest.raises(TrainConfigError, match="stage must be"):
+        load_config({"stage": 4, "data": {"shards": ["x"]}, "output": {"dir": "y"}})
+
+    # stage 3 from a stage-1 checkpoint: incompatible
+    r1 = train(_cfg(1, shards, tmp_path / "s1", 2), log=lambda s: None)
+    with pytest.raises(InitError, match="stage-2 checkpoint"):
+        build_net(_cfg(3, shards, tmp_path / "s3", 2, checkpoint=r1.final))
+    # a checkpoint of another architecture
+    other = _cfg(2, shards, tmp_path / "x", 2, checkpoint=r1.final)
+    other["model"] = {"preset": "tiny", "with_speed": None, "overrides": {}, "file": None}
+    with pytest.raises(InitError, match="differs"):
+        build_net(other)
+    # stage 3 on a model without speed layers
+    nospeed = _cfg(3, shards, tmp_path / "y", 2)
+    nospeed["model"]["overrides"]["speed"] = None
+    net, _, _ = build_net(nospeed)
+    with pytest.raises(StageError, match="speed"):
+        apply_stage(net, 3)
+    # a corrupt checkpoint
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(InitError, match="not a readable"):
+        initialise(net, {"checkpoint": str(bad)}, 2)
+
+    # an output folder with checkpoints: resume=never refuses and deletes nothing; a changed
+    # config cannot resume it
+    before = sorted(p.name for p in (tmp_path / "s1").iterdir())
+    with pytest.raises(TrainConfigError, match="already holds checkpoints"):
+        train(_cfg(1, shards, tmp_path / "s1", 4), resume="never", log=lambda s: None)
+    changed = _cfg(1, shards, tmp_path / "s1", 4)
+    changed["optim"]["lr"] = 0.5
+    with pytest.raises(TrainConfigError, match="different config"):
+        train(changed, log=lambda s: None)
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == before
