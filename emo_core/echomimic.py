@@ -227,20 +227,22 @@ def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, sch
     frames = audio_windows.shape[0]
     ref_latent = ref_latent.to(net.device, net.dtype)
     face = None if face_mask is None else net.face_features(face_mask[None])
-    tokens = net.audio_tokens(audio_windows[None])  # [1, T, tokens, dim], on the model's device
-    cond = Conditioning(reference=net.reference_features(ref_latent, None), audio=tokens, face=face)
+    # The video's audio windows stay where they are; only each window's frames go to the model.
+    audio_windows = audio_windows.to(storage_device)
+    cond = Conditioning(reference=net.reference_features(ref_latent, None), face=face)
     guided = guidance > 1.0
     if guided:
         cond = batch_conditions(unconditional(cond, None), cond)
 
     def window_fn(x, t, windows):
         preds = []
-        for k, idx in enumerate(windows):  # windows of one batch share the reference features
+        for k, idx in enumerate(windows):
             xi = x[k:k + 1].to(net.dtype)
-            sub = Conditioning(**{**cond.__dict__, "audio": cond.audio[:, idx]})
+            audio = net.audio_tokens(audio_windows[idx][None])  # [1, k, tokens, dim] on the model's device
             if not guided:
-                preds.append(net(xi, t, sub))
+                preds.append(net(xi, t, Conditioning(**{**cond.__dict__, "audio": audio})))
                 continue
+            sub = Conditioning(**{**cond.__dict__, "audio": torch.cat([torch.zeros_like(audio), audio])})
             u, c = net(torch.cat([xi, xi]), t, sub).chunk(2)
             preds.append(u + guidance * (c - u))
         return torch.cat(preds).float()
