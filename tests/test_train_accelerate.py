@@ -64,6 +64,6 @@ def test_two_processes_stay_in_sync_and_resume_exactly(tmp_path):
     assert resumed[0]["hash"] == resumed[1]["hash"]
     assert resumed[0]["hash"] == full[0]["hash"]  # resumed run == uninterrupted run, bit for bit
     assert resumed[0]["losses"] == full[0]["losses"][2:]
-    a = load_file(str(tmp_path / "full" / "checkpoint-000004" / "model.safetensors"))
-    b = load_file(str(part / "checkpoint-000004" / "model.safetensors"))
+    a = load_file(str(tmp_path / "full" / "checkpoint-000004" / "emo.safetensors"))
+    b = load_file(str(part / "checkpoint-000004" / "emo.safetensors"))
     assert all((a[k] == b[k]).all() for k in a)

@@ -114,3 +114,22 @@ def test_prepare_argument_errors(tmp_path, capsys):
     assert "wav2vec" in capsys.readouterr().err
     assert cli(["prepare", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "no videos" in capsys.readouterr().err
+
+
+def test_prepare_with_wav2vec_features(videos, tmp_path, hallo_golden):
+    """--audio features: per-frame wav2vec features (tiny golden wav2vec2 folder) in the shard."""
+    from emo_core.preprocess.audio_features import load_wav2vec
+
+    w2v = hallo_golden / "wav2vec2"
+    model = load_wav2vec(w2v)
+    only = tmp_path / "one"
+    only.mkdir()
+    (only / "talk.mp4").write_bytes((videos / "talk.mp4").read_bytes())
+    out = tmp_path / "shards"
+    assert cli(["prepare", str(only), str(out), "--size", "64", "--min-frames", "8", "--workers", "1",
+                "--audio", "features", "--wav2vec", str(w2v)]) == 0
+    info = D.list_shards(out)[0]
+    assert info.audio_kind == "features"
+    feats = D.Shard(info).tensor("audio_features")
+    layers = model.config.num_hidden_layers
+    assert feats.shape == (24, layers, model.config.hidden_size)

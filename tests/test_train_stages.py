@@ -113,6 +113,11 @@ def test_three_stages_learn_and_freeze(shards, tmp_path):
         assert log[-1]["step"] == steps
         prev = r.final
     assert (tmp_path / "s3" / f"checkpoint-{20:06d}" / "optimizer.safetensors").is_file()
+    from emo_core.checkpoints import load_model
+
+    loaded = load_model(prev)  # a training checkpoint is an inference model folder
+    assert torch.equal(loaded.state_dict()["speed_encoder.mlp.0.weight"],
+                       _net_at(cfg, prev).state_dict()["speed_encoder.mlp.0.weight"])
 
 
 def test_condition_dropout_uses_the_cfg_null_inputs():
@@ -209,7 +214,7 @@ def test_bad_configs_and_checkpoints_fail_clearly(shards, tmp_path, capsys):
     # a corrupt checkpoint
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "model.safetensors").write_bytes(b"nonsense")
+    (bad / "emo.safetensors").write_bytes(b"nonsense")
     with pytest.raises(InitError, match="not a readable"):
         initialise(net, {"checkpoint": str(bad)}, 2)
 
@@ -223,3 +228,36 @@ def test_bad_configs_and_checkpoints_fail_clearly(shards, tmp_path, capsys):
     with pytest.raises(TrainConfigError, match="different config"):
         train(changed, log=lambda s: None)
     assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == before
+
+
+def test_stage3_on_hallo_golden_weights_adds_speed(hallo_golden):
+    """Hallo's real key layout (tiny golden net.safetensors): loads strictly with fresh speed
+    layers, and a stage-3 step (region audio attention, speed tokens) trains only temporal+speed."""
+    from dataclasses import replace
+
+    from emo_core.config import EmoConfig, SpeedConfig
+    from emo_core.models.emo import EmoNet
+    from emo_core.sampling.ddim import Schedule
+
+    cfg = EmoConfig.from_hallo_folder(hallo_golden, clip_frames=2, motion_frames=1)
+    cfg = replace(cfg, speed=SpeedConfig(hidden_dim=16, token_dim=cfg.unet.cross_attention_dim))
+    net = EmoNet(cfg)
+    report = initialise(net, {"hallo": str(hallo_golden / "net.safetensors")}, 3)
+    assert "speed-layer tensors left fresh" in report[0]
+    names = set(apply_stage(net, 3))
+    from emo_core.train.loop import region_masks_for
+
+    s = cfg.size_multiple
+    h = s // 8
+    mask = torch.zeros(1, s, s)
+    mask[:, s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1
+    region = region_masks_for(mask, len(cfg.unet.block_out_channels))
+    step = TrainStep(net, Schedule.hallo(), 3)
+    none = torch.zeros(1, dtype=torch.bool)
+    a = cfg.audio
+    loss = step(torch.randn(1, 4, 2, h, h), torch.randn(1, 4, h, h), torch.randn(1, 1, 4, h, h), mask,
+                torch.randn(1, 2, 2 * a.context + 1, a.feature_blocks, a.feature_dim), torch.full((1, 3), 2.0),
+                torch.randn(1, 4, 2, h, h), torch.tensor([500]),
+                {"reference": none, "audio": none, "face": none, "identity": none}, region)
+    loss.backward()
+    assert {n for n, p in net.named_parameters() if p.grad is not None} == names

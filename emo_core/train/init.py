@@ -7,10 +7,11 @@ start fresh (listed in the report). Anything else raises ``InitError`` naming th
 (A shared strict-loading helper is planned in ``emo_core/checkpoints.py``; until it exists
 this module carries the little it needs.)
 
-Our checkpoint format: a folder holding ``model.safetensors`` (every ``EmoNet`` tensor under
-its module prefix; metadata ``format=emo-checkpoint-1``, ``stage``, ``step`` and the
-``EmoConfig`` as JSON), ``config.json`` (the same ``EmoConfig``), and, for resuming,
-``optimizer.safetensors`` and ``trainer_state.json``.
+Our checkpoint format: the model folder of ``emo_core.checkpoints`` (``emo.safetensors`` with
+every ``EmoNet`` tensor under its module prefix, ``config.json`` = {"format": "emo-portrait",
+"config": EmoConfig}), so ``checkpoints.load_model(folder)`` loads a training checkpoint for
+inference; the safetensors metadata adds ``format=emo-checkpoint-1``, ``stage``, ``step``
+and the config. For resuming: ``optimizer.safetensors`` and ``trainer_state.json``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch import nn
 from ..config import EmoConfig
 
 CHECKPOINT_FORMAT = "emo-checkpoint-1"
+WEIGHTS_FILE = "emo.safetensors"  # as emo_core.checkpoints
 SPEED_KEYS = r"(\.speed_(attention|norm)\.|^speed_encoder\.)"
 
 
@@ -136,11 +138,11 @@ def init_animatediff(net: nn.Module, path) -> list[str]:
 
 
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
-    """Our checkpoint (folder or its ``model.safetensors``) -> tensors, metadata, folder."""
+    """Our checkpoint (folder or its ``emo.safetensors``) -> tensors, metadata, folder."""
     path = Path(path)
-    file = path / "model.safetensors" if path.is_dir() else path
+    file = path / WEIGHTS_FILE if path.is_dir() else path
     if not file.is_file():
-        raise InitError(f"checkpoint {path} not found (expected a folder with model.safetensors)")
+        raise InitError(f"checkpoint {path} not found (expected a folder with {WEIGHTS_FILE})")
     state, meta = load_state_file(file)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise InitError(f"{file}: not an emo_core training checkpoint (metadata format {meta.get('format')!r}); "
