@@ -128,7 +128,8 @@ def save_model(net, folder: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device="cpu", dtype=torch.float32, config: EmoConfig | None = None):
-    """Builds an EmoNet and loads weights strictly from our folder or a Hallo checkpoint."""
+    """Builds an EmoNet and loads weights strictly from our folder, a Hallo checkpoint or
+    EchoMimic's files (see ``detect_format``)."""
     from .models.emo import EmoNet
 
     path = Path(path)
@@ -147,7 +148,9 @@ def load_model(path: str | Path, device="cpu", dtype=torch.float32, config: EmoC
             weights = next(p for p in (path / n for n in ("net.pth", "net.safetensors", "hallo/net.pth",
                                                           "hallo/net.safetensors")) if p.is_file())
     else:
-        raise CheckpointError(f"{path}: EchoMimic checkpoints load through emo_core.echomimic")
+        from .echomimic import load_echomimic
+
+        return load_echomimic(path if path.is_dir() else path.parent, config=config, device=device, dtype=dtype)
     net = EmoNet(cfg)
     load_strict(net, load_state_dict(weights), f"{fmt} checkpoint {weights}")
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)

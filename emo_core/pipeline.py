@@ -62,7 +62,7 @@ class EmoPipeline:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             net = EmoNet(EmoConfig.tiny(family=family, speed=family != "hallo"))
-        schedule = Schedule.hallo() if family == "hallo" else Schedule()
+        schedule = Schedule.hallo() if net.cfg.prediction_type == "v_prediction" else Schedule()
         return cls(net, tiny_vae(seed), schedule, device=device)
 
     @classmethod
@@ -109,10 +109,10 @@ class EmoPipeline:
 
     def audio_windows_ok(self, windows: torch.Tensor) -> torch.Tensor:
         a = self.cfg.audio
-        shape = (2 * a.context + 1, a.feature_blocks, a.feature_dim)
+        shape = (a.window, a.feature_blocks, a.feature_dim)
         if windows.ndim != 4 or tuple(windows.shape[1:]) != shape:
             raise ValueError(f"audio features must be [frames, {shape[0]}, {shape[1]}, {shape[2]}] "
-                             f"(window, wav2vec blocks, size) for this model; got {tuple(windows.shape)}")
+                             f"(window, {a.encoder} blocks, size) for this model; got {tuple(windows.shape)}")
         if windows.shape[0] < 1:
             raise ValueError("audio features cover no video frame: the audio is shorter than one frame")
         return windows
@@ -181,9 +181,13 @@ class EmoPipeline:
             if value is not None and value.shape[0] != total:
                 raise ValueError(f"{name} covers {value.shape[0]} frames but the audio covers {total}: "
                                  "pass one value per video frame (same fps)")
+        generator = torch.Generator().manual_seed(seed)
+        if self.cfg.chaining == "context_windows":
+            with _release_memory(self.device):
+                yield from self._generate_context_windows(ref, windows, face_mask, steps, guidance, generator, callback)
+            return
         f, n = self.cfg.clip_frames, self.cfg.motion_frames
         clips = -(-total // f)
-        generator = torch.Generator().manual_seed(seed)
         initial = ref.image[None].expand(n, -1, -1, -1) if motion_start == "reference" and n else None
 
         def make_clip(index: int, frames: range, motion_pixels):
@@ -200,6 +204,21 @@ class EmoPipeline:
 
         with _release_memory(self.device):
             yield from chain_clips(total, f, n, make_clip, initial)
+
+
+    def _generate_context_windows(self, ref, windows, face_mask, steps, guidance, generator, callback):
+        """EchoMimic's strategy: the whole video is one latent sequence sampled with
+        overlapping context windows (latents stay on the CPU), then decoded clip by clip."""
+        from .echomimic import sample_video
+
+        mask = None
+        if face_mask is not None:
+            mask = self._mask(face_mask.amax(0) if face_mask.ndim == 3 else face_mask, ref)
+        cb = None if callback is None else (lambda s: callback({"clip": 1, "clips": 1, **s}))
+        latents = sample_video(self.net, ref.latent, windows, self.schedule, steps, face_mask=mask,
+                               guidance=guidance, generator=generator, callback=cb)
+        for chunk in latents.split(self.cfg.clip_frames, dim=2):
+            yield self.decode(chunk)
 
 
 @contextlib.contextmanager

@@ -149,3 +149,17 @@ def test_interrupt_stops_cleanly():
         for clip in pipe.generate(ref, windows, region_masks=region, steps=2, callback=cb):
             got.append(clip)
     assert len(got) == 1
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_context_window_family_gives_exact_frame_counts(guidance):
+    """EchoMimic-family models chain with context windows instead of motion frames."""
+    pipe = EmoPipeline.tiny(family="echomimic")
+    assert pipe.cfg.chaining == "context_windows"
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    a = pipe.cfg.audio
+    windows = torch.randn(11, a.window, a.feature_blocks, a.feature_dim)
+    mask = torch.zeros(64, 64)
+    mask[8:56, 8:56] = 1
+    frames = torch.cat(list(pipe.generate(ref, windows, face_mask=mask, steps=2, guidance=guidance)))
+    assert frames.shape == (11, 64, 64, 3)

@@ -77,7 +77,7 @@ class Block(nn.Module):
         self.audio_in_cross_attention = ac.in_cross_attention
         context_dim = ac.token_dim if ac.in_cross_attention else u.cross_attention_dim
         self.run_temporal = temporal and (attention or tc.in_plain_blocks)
-        heads = u.heads(level if kind != "up" else len(u.block_out_channels) - 1 - level)
+        heads = u.heads(level)
         self.resnets, self.attentions, self.audio_modules, self.motion_modules = (nn.ModuleList() for _ in range(4))
         scale = u.mid_block_scale_factor if kind == "mid" else 1.0
         for i in range(layers):
