@@ -98,6 +98,21 @@ class TemporalConfig:
     in_plain_blocks: bool = True
 
 
+    @classmethod
+    def from_unet_kwargs(cls, extra: dict[str, Any], *, in_plain_blocks: bool) -> "TemporalConfig":
+        """Reads AnimateDiff-style ``unet_additional_kwargs`` (Hallo's and EchoMimic's yaml)."""
+        mm = extra.get("motion_module_kwargs", {})
+        return cls(
+            num_attention_heads=mm.get("num_attention_heads", 8),
+            num_transformer_blocks=mm.get("num_transformer_block", 1),
+            attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
+            position_encoding_max_len=mm.get("temporal_position_encoding_max_len", 32),
+            resolutions=tuple(extra.get("motion_module_resolutions", (1, 2, 4, 8))),
+            mid_block=extra.get("motion_module_mid_block", True),
+            in_plain_blocks=in_plain_blocks,
+        )
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Audio projection (wav2vec features -> tokens) and the backbone's audio attention."""
@@ -326,16 +341,7 @@ class EmoConfig:
 
         unet = UNetConfig.from_diffusers(read("unet_config.json"))
         extra = read("unet_additional_kwargs.json")
-        mm = extra.get("motion_module_kwargs", {})
-        temporal = TemporalConfig(
-            num_attention_heads=mm.get("num_attention_heads", 8),
-            num_transformer_blocks=mm.get("num_transformer_block", 1),
-            attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
-            position_encoding_max_len=mm.get("temporal_position_encoding_max_len", 32),
-            resolutions=tuple(extra.get("motion_module_resolutions", (1, 2, 4, 8))),
-            mid_block=extra.get("motion_module_mid_block", True),
-            in_plain_blocks=False,
-        )
+        temporal = TemporalConfig.from_unet_kwargs(extra, in_plain_blocks=False)
         ap = read("audioproj.json")
         audio = AudioConfig(
             feature_dim=ap["channels"], feature_blocks=ap["blocks"], context=(ap["seq_len"] - 1) // 2,

@@ -94,16 +94,7 @@ def config_from_folder(folder: str | Path, *, clip_frames: int = 12, context_ove
     if extra.get("unet_use_temporal_attention") or extra.get("unet_use_cross_frame_attention"):
         raise ConfigError("EchoMimic models with temporal or cross-frame attention inside the transformer "
                           "blocks are not supported (inference_v2.yaml turns both off)")
-    mm = extra.get("motion_module_kwargs", {})
-    temporal = TemporalConfig(
-        num_attention_heads=mm.get("num_attention_heads", 8),
-        num_transformer_blocks=mm.get("num_transformer_block", 1),
-        attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
-        position_encoding_max_len=mm.get("temporal_position_encoding_max_len", 32),
-        resolutions=tuple(extra.get("motion_module_resolutions", (1, 2, 4, 8))),
-        mid_block=extra.get("motion_module_mid_block", True),
-        in_plain_blocks=True,
-    )
+    temporal = TemporalConfig.from_unet_kwargs(extra, in_plain_blocks=True)
     width = extra.get("cross_attention_dim", 384)
     audio = replace(cfg.audio, feature_dim=width, token_dim=width,
                     tokens=cfg.audio.window * cfg.audio.feature_blocks)
