@@ -123,15 +123,18 @@ class EmoPipeline:
                     face_mask: torch.Tensor | None = None, region_masks=None, region_weights=None,
                     speed: torch.Tensor | None = None, steps: int = 40, guidance: float = 3.5,
                     generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
-        """Denoises one clip. audio_windows [f, 2m+1, L, C]; motion_latents [n, 4, h, w] or None
-        (no motion frames: the paper's zero start); face_mask [H, W]; speed [f] deg/frame.
-        Returns latents [1, 4, f, h, w]."""
-        net, f = self.net, audio_windows.shape[0]
+        """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
+        for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
+        speed [f] deg/frame. Returns latents [1, 4, f, h, w]."""
+        net, f, n = self.net, audio_windows.shape[0], self.cfg.motion_frames
         audio = net.audio_tokens(self.audio_windows_ok(audio_windows)[None])
         face = None if face_mask is None else net.face_features(self._mask(face_mask, ref)[None])
         motion = None
         if motion_latents is not None and motion_latents.shape[0] > 0:
             motion = net.motion_features(motion_latents[None].to(self.device, self.dtype), ref.identity)
+        elif n > 0:
+            spatial = (ref.features or net.reference_features(ref.latent, ref.identity)).spatial
+            motion = {k: v.new_zeros(v.shape[0], n, *v.shape[1:]) for k, v in spatial.items()}
         speed_tokens = None if speed is None else net.speed_tokens(speed.reshape(1, -1).to(self.device, torch.float32))
         cond = Conditioning(reference=None, identity=ref.identity, audio=audio, face=face, speed=speed_tokens,
                             region_masks=region_masks, region_weights=region_weights)

@@ -8,7 +8,7 @@ from emo_core.models.backbone import Conditioning
 from emo_core.pipeline import EmoPipeline
 from emo_core.sampling.ddim import Schedule, sample_ddim
 from emo_core.sampling.guidance import batch_conditions, guided, unconditional
-from test_core_models import conditioning, make_net
+from test_core_models import conditioning, make_net, randomize
 
 
 def toy_model(x, t):
@@ -163,3 +163,28 @@ def test_context_window_family_gives_exact_frame_counts(guidance):
     mask[8:56, 8:56] = 1
     frames = torch.cat(list(pipe.generate(ref, windows, face_mask=mask, steps=2, guidance=guidance)))
     assert frames.shape == (11, 64, 64, 3)
+
+
+def test_zero_start_uses_zero_motion_maps():
+    """The paper's first clip: n zero feature maps join the temporal attention (not zero frames)."""
+    pipe = EmoPipeline.tiny(seed=2)
+    randomize(pipe.net)  # temporal modules start as identity: give them weights so motion frames matter
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    a = pipe.cfg.audio
+    windows = torch.randn(pipe.cfg.clip_frames, a.window, a.feature_blocks, a.feature_dim)
+    region = {k: [torch.ones(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+    seen = []
+    original = pipe.net.denoising_unet.forward
+
+    def spy(sample, t, cond):
+        seen.append({k: v.clone() for k, v in cond.reference.motion.items()})
+        return original(sample, t, cond)
+
+    pipe.net.denoising_unet.forward = spy
+    zeros = torch.cat(list(pipe.generate(ref, windows, region_masks=region, steps=1, motion_start="zeros")))
+    copies = torch.cat(list(pipe.generate(ref, windows, region_masks=region, steps=1, motion_start="reference")))
+    n = pipe.cfg.motion_frames
+    first = seen[0]
+    assert all(v.shape[1] == n and not v.any() for v in first.values())
+    assert any(v.any() for v in seen[-1].values())
+    assert not torch.allclose(zeros, copies)
