@@ -7,9 +7,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # so the nodes can import the bundled emo_core library
     sys.path.insert(0, _HERE)
 
-try:
+if __package__:  # loaded by ComfyUI as a package: a broken import must show, not hide the nodes
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError:  # imported outside a package (e.g. by pytest's rootdir conftest)
+else:  # imported outside a package (e.g. by pytest's rootdir conftest)
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = None
