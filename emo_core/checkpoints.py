@@ -93,7 +93,7 @@ def detect_format(path: str | Path) -> str:
         for name in ("net.pth", "net.safetensors", "hallo/net.pth", "hallo/net.safetensors"):
             if (path / name).is_file():
                 return "hallo"
-        if any((path / f"denoising_unet{s}").is_file() for s in (".pth", ".safetensors")):
+        if any((path / f"denoising_unet{a}{s}").is_file() for a in ("", "_acc") for s in (".pth", ".safetensors")):
             return "echomimic"
         raise CheckpointError(f"{path}: no model found (expected {WEIGHTS_FILE} + {CONFIG_FILE}, Hallo's net.pth, "
                               "or EchoMimic's denoising_unet.pth)")
@@ -109,8 +109,11 @@ def _peek_keys(path: Path) -> list[str]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            return list(f.keys())
+        try:
+            with safe_open(str(path), "pt") as f:
+                return list(f.keys())
+        except Exception as e:  # SafetensorError (bad header, truncated file), OSError
+            raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}) [{path}]") from e
     return list(load_state_dict(path))
 
 

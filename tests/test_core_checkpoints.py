@@ -110,3 +110,21 @@ def test_detect_format_explains(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "emo.safetensors"))
     with pytest.raises(CheckpointError, match="not an emo-portrait config"):
         load_model(tmp_path)
+
+
+def test_corrupt_safetensors_is_a_checkpoint_error(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors: not a readable safetensors file") as err:
+        detect_format(bad)
+    assert err.value.__cause__ is not None  # the reason from safetensors is kept
+    (tmp_path / "tiny.safetensors").write_bytes(b"abc")  # shorter than the header length
+    with pytest.raises(CheckpointError, match="tiny.safetensors"):
+        detect_format(tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="broken.safetensors"):
+        load_model(bad)
+
+
+def test_accelerated_only_echomimic_folder_is_detected(tmp_path):
+    torch.save({}, tmp_path / "denoising_unet_acc.pth")
+    assert detect_format(tmp_path) == "echomimic"
