@@ -152,6 +152,37 @@ def repo_files(accelerated: bool) -> list[tuple[str, str, int]]:
     return files + [(WHISPER_FILE, "whisper-tiny audio encoder (OpenAI's tiny.pt)", 30 << 20)]
 
 
+WHISPER_NAMES = ("audio_processor/whisper_tiny.pt", "audio_processor/tiny.pt", "whisper_tiny.pt", "tiny.pt")
+
+
+def whisper_file(folder: str | Path) -> Path | None:
+    """The whisper-tiny checkpoint of an EchoMimic folder (``audio_processor/whisper_tiny.pt`` or
+    OpenAI's ``tiny.pt``; also looked for in the folder above), or None."""
+    folder = Path(folder)
+    for root in (folder, folder.parent):
+        for name in WHISPER_NAMES:
+            if (root / name).is_file():
+                return root / name
+    return None
+
+
+def load_whisper(folder: str | Path, device="cpu", dtype=torch.float32):
+    """The whisper-tiny encoder for an EchoMimic folder; ``ModelFileMissing`` saying where it goes."""
+    from .hub import ModelFileMissing
+    from .models.whisper import load_whisper_encoder
+
+    path = whisper_file(folder)
+    if path is None:
+        raise ModelFileMissing(f"whisper-tiny not found: put {Path(folder) / WHISPER_FILE} there "
+                               f"(OpenAI's tiny.pt: {WHISPER_URL}, or {file_url(WHISPER_FILE)})")
+    return load_whisper_encoder(path, device, dtype)
+
+
+def is_echomimic_folder(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and (_find(folder, "denoising_unet") is not None or has_accelerated(folder))
+
+
 def file_url(path: str, revision: str = "main") -> str:
     return f"https://huggingface.co/{HF_REPO}/resolve/{revision}/{path}"
 

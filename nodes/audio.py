@@ -1,4 +1,5 @@
-"""EMO Audio Encode: AUDIO (or core's AUDIO_ENCODER_OUTPUT) -> per-frame wav2vec2 windows."""
+"""EMO Audio Encode: AUDIO (or core's AUDIO_ENCODER_OUTPUT) -> per-frame wav2vec2 windows, or
+whisper-tiny windows for EchoMimic-family models (``cfg.audio.encoder == "whisper"``)."""
 from __future__ import annotations
 
 from .types import CATEGORY, EMO_AUDIO, EMO_MODEL
@@ -36,13 +37,32 @@ def windows_from_core_encoder(output: dict, fps: float, m: int, blocks: int, wid
     return window_features(per_frame, m), samples / SAMPLE_RATE
 
 
+def whisper_windows_from_core_encoder(output: dict, fps: float, m: int, states: int, width: int):
+    """core AUDIO_ENCODER_OUTPUT from a whisper encoder of the model's size -> ([T, 2(2m+1), S, C], seconds).
+    Anything else (wav2vec2, a larger whisper) is an error: EchoMimic's weights need whisper-tiny."""
+    import torch
+
+    from emo_core.preprocess.whisper_features import SAMPLE_RATE, windows_from_states
+
+    layers = list(output.get("encoded_audio_all_layers") or ())
+    got = f"{len(layers)} states of {layers[0].shape[-1]}" if layers else "no per-layer states"
+    if len(layers) != states or layers[0].shape[-1] != width:
+        raise ValueError(f"this EchoMimic-family model needs whisper-tiny features ({states} states of {width}: "
+                         f"the input embedding and every block); the AUDIO_ENCODER_OUTPUT has {got}. Connect the "
+                         "'audio' input instead (the model's own whisper-tiny is used)")
+    samples = int(output["audio_samples"])
+    feats = torch.stack([x[0].float().cpu() for x in layers], dim=1)  # [T50, S, C]
+    return windows_from_states(feats, samples, fps, m), samples / SAMPLE_RATE
+
+
 class EmoAudioEncode:
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = (EMO_AUDIO, "INT")
     RETURN_NAMES = ("emo_audio", "frames")
     DESCRIPTION = ("wav2vec2 features of every video frame (all blocks, frames i-2..i+2), computed exactly as "
-                   "Hallo's weights expect. 'frames' = round(audio seconds x fps).")
+                   "Hallo's weights expect; for EchoMimic models whisper-tiny features (10 feature frames around "
+                   "each video frame, at any fps). 'frames' = round(audio seconds x fps).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -62,10 +82,20 @@ class EmoAudioEncode:
         a = emo_model.cfg.audio
         if (audio is None) == (audio_encoder_output is None):
             raise ValueError("connect exactly one of 'audio' (recommended) or 'audio_encoder_output'")
+        whisper = a.encoder == "whisper"
         if audio_encoder_output is not None:
-            windows, seconds = windows_from_core_encoder(audio_encoder_output, fps, a.context, a.feature_blocks,
-                                                         a.feature_dim)
+            make = whisper_windows_from_core_encoder if whisper else windows_from_core_encoder
+            windows, seconds = make(audio_encoder_output, fps, a.context, a.feature_blocks, a.feature_dim)
             source = "comfy-audio-encoder"
+        elif whisper:
+            from emo_core.preprocess.audio_io import duration_seconds, from_comfy_audio
+            from emo_core.preprocess.whisper_features import windows_for_video
+
+            wave = from_comfy_audio(audio)
+            seconds = duration_seconds(wave)
+            with emo_model.audio_model() as model:
+                windows = windows_for_video(model, wave, fps, a.context)
+            source = "emo-whisper"
         else:
             from emo_core.preprocess.audio_features import AudioFeatureExtractor
             from emo_core.preprocess.audio_io import duration_seconds, from_comfy_audio

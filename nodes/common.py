@@ -14,7 +14,8 @@ def check_model(emo_model, reference, audio=None) -> None:
         raise EmoNodeError("the EMO_REFERENCE was made by a different EMO model: connect the same "
                            "EMO Model Loader to EMO Reference Encode and to this node")
     if audio is not None:
-        want = (2 * emo_model.cfg.audio.context + 1, emo_model.cfg.audio.feature_blocks, emo_model.cfg.audio.feature_dim)
+        a = emo_model.cfg.audio
+        want = (a.window, a.feature_blocks, a.feature_dim)
         if tuple(audio["windows"].shape[1:]) != want:
             raise EmoNodeError(f"EMO_AUDIO features are {tuple(audio['windows'].shape[1:])} per frame but this model "
                                f"needs {want}: encode the audio with the same EMO model")

@@ -1,7 +1,9 @@
-"""EMO Model Loader: a checkpoint from models/emo (our format or Hallo's), its VAE, dtype.
+"""EMO Model Loader: a checkpoint from models/emo (our format, Hallo's or EchoMimic's), its VAE, dtype.
 
 The Hallo choice downloads Hallo's weights and helper models into models/emo/hallo on
-first use (never at import), with progress, and explains what to put where when offline.
+first use (never at import), with progress, and explains what to put where when offline;
+the EchoMimic choices do the same with EchoMimic's files (plain or accelerated) and
+whisper-tiny in models/emo/echomimic.
 """
 from __future__ import annotations
 
@@ -12,22 +14,39 @@ from .types import CATEGORY, EMO_MODEL
 HALLO_CHOICE = "hallo (models/emo/hallo, downloaded on first use)"
 TINY_CHOICE = "tiny-random hallo layout (smoke test: output is noise)"
 TINY_EMO_CHOICE = "tiny-random emo layout, with speed layers (smoke test: output is noise)"
-TINY_FAMILIES = {TINY_CHOICE: "hallo", TINY_EMO_CHOICE: "emo"}
+TINY_ECHOMIMIC_CHOICE = "tiny-random echomimic layout, whisper audio (smoke test: output is noise)"
+TINY_FAMILIES = {TINY_CHOICE: "hallo", TINY_EMO_CHOICE: "emo", TINY_ECHOMIMIC_CHOICE: "echomimic"}
+ECHOMIMIC_ACC_CHOICE = "echomimic-accelerated (download)"
+ECHOMIMIC_CHOICE = "echomimic (download)"
+ECHOMIMIC_DOWNLOADS = {ECHOMIMIC_ACC_CHOICE: True, ECHOMIMIC_CHOICE: False}  # choice -> accelerated
+ECHOMIMIC_SUBDIR = "echomimic"  # models/emo/echomimic: where the download choices put the files
+ACCELERATED_SUFFIX = " (accelerated)"
 
 
 def _local_choices() -> list[str]:
-    """Model folders and files in every registered models/emo folder."""
+    """Model folders and files in every registered models/emo folder. An EchoMimic folder is
+    one entry ("name/"; "name/ (accelerated)" for its _acc weights), not its part files."""
+    from emo_core.echomimic import _find, has_accelerated, is_echomimic_folder
+
     from .comfy_env import emo_folders
 
     out = []
     for root in emo_folders():
         if not root.is_dir():
             continue
+        echomimic = []
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
-            if rel.startswith("hallo/") or rel == "hallo" or len(p.relative_to(root).parts) > 3:
+            if (rel.split("/")[0] in ("hallo", ECHOMIMIC_SUBDIR) or len(p.relative_to(root).parts) > 3
+                    or any(p.is_relative_to(e) for e in echomimic)):
                 continue
-            if p.is_dir() and (p / "config.json").is_file() and (p / "emo.safetensors").is_file():
+            if p.is_dir() and is_echomimic_folder(p):
+                echomimic.append(p)
+                if _find(p, "denoising_unet") is not None:
+                    out.append(rel + "/")
+                if has_accelerated(p):
+                    out.append(rel + "/" + ACCELERATED_SUFFIX)
+            elif p.is_dir() and (p / "config.json").is_file() and (p / "emo.safetensors").is_file():
                 out.append(rel + "/")
             elif p.is_file() and p.suffix in (".pth", ".safetensors", ".pt") and p.name != "emo.safetensors":
                 out.append(rel)
@@ -56,13 +75,31 @@ def _download_progress():
     return cb
 
 
+def _ensure_vae(folder: Path, download: bool) -> None:
+    """EchoMimic's download choices: SD's sd-vae-ft-mse next to its files (the copy in Hallo's
+    repository), unless a VAE folder is already there or in models/emo/hallo."""
+    from emo_core.hub import HALLO_FILES, ModelFileMissing, ensure_file, hallo_url
+
+    if any((d / "config.json").is_file() for d in (folder / "sd-vae-ft-mse", folder / "vae",
+                                                   folder.parent / "hallo" / "sd-vae-ft-mse")):
+        return
+    for f in HALLO_FILES:
+        if not f.path.startswith("sd-vae-ft-mse/") or (folder / f.path).is_file():
+            continue
+        if not download:
+            raise ModelFileMissing(f"{folder / f.path} is missing (automatic download is switched off): put SD's "
+                                   f"sd-vae-ft-mse there ({hallo_url(f.path)}) or connect a VAE to the loader")
+        ensure_file(hallo_url(f.path), folder / f.path, progress_callback=None, timeout=120.0)
+
+
 class EmoModelLoader:
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (EMO_MODEL,)
     RETURN_NAMES = ("emo_model",)
-    DESCRIPTION = ("Loads an EMO network (our safetensors folder or Hallo's net.pth, detected from the keys) with its "
-                   "VAE. Hallo's weights and helper models download into models/emo/hallo on first use.")
+    DESCRIPTION = ("Loads an EMO network (our safetensors folder, Hallo's net.pth or an EchoMimic folder, detected "
+                   "from the files) with its VAE. Hallo's weights and helper models download into models/emo/hallo, "
+                   "EchoMimic's (with whisper-tiny) into models/emo/echomimic, on first use.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -71,15 +108,18 @@ class EmoModelLoader:
         register_folders()
         return {
             "required": {
-                "model": ([HALLO_CHOICE, TINY_CHOICE, TINY_EMO_CHOICE] + _local_choices(), {
+                "model": ([HALLO_CHOICE, ECHOMIMIC_ACC_CHOICE, ECHOMIMIC_CHOICE, TINY_CHOICE, TINY_EMO_CHOICE,
+                           TINY_ECHOMIMIC_CHOICE] + _local_choices(), {
                     "tooltip": "hallo: Hallo's released weights (models/emo/hallo, Hallo's pretrained_models layout). "
-                               "Other entries: EMO folders (config.json + emo.safetensors) or Hallo net.pth files in "
-                               "models/emo. tiny-random runs everything offline and only makes noise."}),
+                               "echomimic: EchoMimic v1 (models/emo/echomimic; the accelerated weights run 6 steps "
+                               "with cfg 1). Other entries: EMO folders (config.json + emo.safetensors), EchoMimic "
+                               "folders or Hallo net.pth files in models/emo. tiny-random runs everything offline "
+                               "and only makes noise."}),
                 "dtype": (["auto", "fp32", "fp16", "bf16"], {
                     "default": "auto", "tooltip": "auto: fp16/bf16 on a GPU, fp32 on the CPU"}),
                 "download": ("BOOLEAN", {
-                    "default": True, "tooltip": "download missing Hallo files (about 6 GB) from Hugging Face on "
-                                                "first use; off: fail with the list of files to put in place"}),
+                    "default": True, "tooltip": "download missing Hallo (about 6 GB) or EchoMimic files from Hugging "
+                                                "Face on first use; off: fail with the list of files to put in place"}),
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "an SD1.5 VAE (e.g. vae-ft-mse-840000); without it the model "
@@ -109,11 +149,24 @@ class EmoModelLoader:
             ensure_hallo(folder, download=bool(download), progress_callback=_download_progress())
             pipe = EmoPipeline.from_folder(folder, device=offload_device(), dtype=torch_dtype, vae=comfy_vae)
             return (EmoModel(pipe, "hallo", "hallo", folder=folder),)
+        if model in ECHOMIMIC_DOWNLOADS:
+            from emo_core.echomimic import ensure_echomimic
+
+            accelerated = ECHOMIMIC_DOWNLOADS[model]
+            folder = emo_folders()[0] / ECHOMIMIC_SUBDIR
+            ensure_echomimic(folder, accelerated=accelerated, download=bool(download),
+                             progress_callback=_download_progress())
+            if comfy_vae is None:
+                _ensure_vae(folder, bool(download))
+            return (self._load_path(folder, torch_dtype, comfy_vae, accelerated=accelerated),)
+        accelerated = None
+        if model.endswith(ACCELERATED_SUFFIX):
+            model, accelerated = model[: -len(ACCELERATED_SUFFIX)], True
         path = _resolve(model)
-        return (self._load_path(path, torch_dtype, comfy_vae),)
+        return (self._load_path(path, torch_dtype, comfy_vae, accelerated=accelerated),)
 
     @staticmethod
-    def _load_path(path: Path, dtype, comfy_vae):
+    def _load_path(path: Path, dtype, comfy_vae, accelerated=None):
         from emo_core.checkpoints import CheckpointError, detect_format, load_model
         from emo_core.pipeline import EmoPipeline
         from emo_core.sampling.ddim import Schedule
@@ -129,11 +182,16 @@ class EmoModelLoader:
         except Exception as exc:  # e.g. a corrupt safetensors header
             raise CheckpointError(f"{path}: not a readable EMO or Hallo checkpoint ({exc})") from exc
         folder = path if path.is_dir() else path.parent
-        net = load_model(path, device=offload_device(), dtype=dtype)
+        if fmt == "echomimic":
+            from emo_core.echomimic import load_echomimic
+
+            net = load_echomimic(folder, accelerated=accelerated, device=offload_device(), dtype=dtype)
+        else:
+            net = load_model(path, device=offload_device(), dtype=dtype)
         vae = comfy_vae
         if vae is None:
-            sub = next((d for d in (folder / "sd-vae-ft-mse", folder / "vae", folder.parent / "sd-vae-ft-mse")
-                        if d.is_dir()), None)
+            sub = next((d for d in (folder / "sd-vae-ft-mse", folder / "vae", folder.parent / "sd-vae-ft-mse",
+                                    folder.parent / "hallo" / "sd-vae-ft-mse") if d.is_dir()), None)
             if sub is None:
                 raise FileNotFoundError(f"no VAE for {path}: connect a VAE (SD1.5, e.g. vae-ft-mse-840000) or put "
                                         f"the sd-vae-ft-mse folder in {folder}")
@@ -141,7 +199,8 @@ class EmoModelLoader:
         schedule = Schedule.hallo() if net.cfg.prediction_type == "v_prediction" else Schedule()
         aux = folder.parent if path.is_file() and folder.name == "hallo" else folder
         pipe = EmoPipeline(net, vae, schedule, device=offload_device(), dtype=dtype)
-        return EmoModel(pipe, path.name, fmt, folder=aux)
+        name = path.name + (ACCELERATED_SUFFIX if fmt == "echomimic" and accelerated else "")
+        return EmoModel(pipe, name, fmt, folder=aux)
 
 
 NODE_CLASS_MAPPINGS = {"EmoModelLoader": EmoModelLoader}

@@ -56,6 +56,12 @@ def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
     return make(hidden, layers, seed)
 
 
+def tiny_whisper(width: int, states: int, seed: int = 0):
+    from emo_core.preprocess.whisper_features import tiny_whisper as make
+
+    return make(width, states, seed)
+
+
 class _Modules(nn.Module):
     """What the ModelPatcher moves: the network and, when it is ours, the VAE."""
 
@@ -69,8 +75,10 @@ class _Modules(nn.Module):
 class EmoModel:
     pipe: object  # emo_core.pipeline.EmoPipeline
     name: str
-    format: str  # "tiny" | "hallo" | "emo"
-    folder: Optional[Path] = None  # Hallo pretrained_models layout (wav2vec/, face_analysis/models)
+    format: str  # "tiny" | "hallo" | "emo" | "echomimic"
+    # Hallo pretrained_models layout (wav2vec/, face_analysis/models), or the EchoMimic folder
+    # (audio_processor/whisper_tiny.pt)
+    folder: Optional[Path] = None
     tiny: bool = False
     key: int = field(default_factory=lambda: next(_keys))
     _patched: Optional[Patched] = None
@@ -101,11 +109,29 @@ class EmoModel:
         return None if self.folder is None else self.folder / WAV2VEC_SUBDIR
 
     def face_models_dir(self) -> Optional[Path]:
-        return None if self.folder is None else self.folder / FACE_SUBDIR
+        if self.folder is None:
+            return None
+        if self.format == "echomimic":  # EchoMimic ships no face models: its own folder or Hallo's beside it
+            return next((d for d in (self.folder / FACE_SUBDIR, self.folder.parent / "hallo" / FACE_SUBDIR)
+                         if d.is_dir()), None)
+        return self.folder / FACE_SUBDIR
 
     @contextlib.contextmanager
     def audio_model(self):
-        """The wav2vec2 model this network was trained with, on the compute device."""
+        """The audio encoder this network was trained with (wav2vec2, or whisper-tiny for the
+        EchoMimic family), on the compute device."""
+        if self._wav2vec is None and self.cfg.audio.encoder == "whisper":
+            a = self.cfg.audio
+            if self.tiny:
+                model = tiny_whisper(a.feature_dim, a.feature_blocks)
+            else:
+                from emo_core.echomimic import load_whisper
+
+                model = load_whisper(self.folder if self.folder is not None else Path("."))
+            if (model.num_states, model.dims.n_audio_state) != (a.feature_blocks, a.feature_dim):
+                raise ValueError(f"the whisper model gives {model.num_states} states of {model.dims.n_audio_state}; "
+                                 f"this EchoMimic model expects {a.feature_blocks} of {a.feature_dim} (whisper-tiny)")
+            self._wav2vec = Patched(model)
         if self._wav2vec is None:
             a = self.cfg.audio
             if self.tiny:

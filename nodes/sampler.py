@@ -49,6 +49,10 @@ class EmoSampleClip:
 
         check_model(emo_model, reference, emo_audio)
         cfgm = emo_model.cfg
+        if cfgm.chaining == "context_windows":
+            raise EmoNodeError(f"{emo_model.name} ({cfgm.family}) samples the whole video as one latent sequence with "
+                               "overlapping context windows, not clip by clip: use EMO Generate (whole audio) instead "
+                               "of EMO Sample Clip")
         total, size = emo_audio["frames"], reference["size"]
         plan = plan_clips(total, cfgm.clip_frames)
         if clip_index >= len(plan):

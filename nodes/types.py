@@ -12,9 +12,10 @@ EMO_MODEL      ``nodes.model.EmoModel``: the EmoPipeline (network, VAE, DDIM sch
                the offload device and loaded through a ModelPatcher when a node runs, plus
                where its helper models are (wav2vec2 folder, face model folder) and
                ``tiny`` (random weights: output is noise). Read-only for every node.
-EMO_AUDIO      dict: "windows" [T, 2m+1, L, C] float32 CPU tensor (per-frame wav2vec2 windows),
+EMO_AUDIO      dict: "windows" [T, window, L, C] float32 CPU tensor (per-frame wav2vec2 windows,
+               window = 2m+1; or whisper windows for EchoMimic, window = 2(2m+1), L = 1 + blocks),
                "fps" float, "frames" int T = round(seconds * fps), "seconds" float,
-               "source" ("emo-wav2vec2" | "comfy-audio-encoder").
+               "source" ("emo-wav2vec2" | "emo-whisper" | "comfy-audio-encoder").
 EMO_REFERENCE  dict: "state" (emo_core.pipeline.ReferenceState on the CPU: the prepared
                portrait, its latent, identity tokens, cached ReferenceNet features),
                "image" [H, W, 3], "size" (H, W), "model_key" (which EMO_MODEL made it).

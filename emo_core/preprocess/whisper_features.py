@@ -112,3 +112,41 @@ class WhisperFeatureExtractor:
 
     def __call__(self, wave16k, fps: float, num_frames: int | None = None) -> torch.Tensor:
         return whisper_windows(whisper_states(self.encoder, wave16k), fps, num_frames, self.context)
+
+
+def video_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """round(audio seconds * fps), halves rounded up: the frames a video of this audio has."""
+    import math
+
+    return int(math.floor(num_samples * float(fps) / sample_rate + 0.5))
+
+
+def windows_for_video(encoder, wave16k, fps: float, context: int = 2) -> torch.Tensor:
+    """Mono 16 kHz audio -> whisper windows [round(seconds * fps), 2 * (2m + 1), S, C] (float32, CPU):
+    exactly one window per video frame, at any fps."""
+    frames = video_frames(len(wave16k), fps)
+    if frames < 1:
+        raise ValueError(f"the audio ({len(wave16k) / SAMPLE_RATE:.3f} s) is shorter than one video frame at {fps:g} fps")
+    return whisper_windows(whisper_states(encoder, wave16k).float().cpu(), fps, frames, context)
+
+
+def windows_from_states(states: torch.Tensor, num_samples: int, fps: float, context: int = 2) -> torch.Tensor:
+    """Precomputed 50 Hz whisper states [T, S, C] (e.g. from another encoder node; rows past the
+    audio are dropped) -> windows [round(seconds * fps), 2 * (2m + 1), S, C]."""
+    frames = video_frames(num_samples, fps)
+    if frames < 1:
+        raise ValueError(f"the audio ({num_samples / SAMPLE_RATE:.3f} s) is shorter than one video frame at {fps:g} fps")
+    real = max(1, min(states.shape[0], num_samples // (2 * HOP)))
+    return whisper_windows(states[:real].float().cpu(), fps, frames, context)
+
+
+def tiny_whisper(width: int, states: int, seed: int = 0, heads: int = 2):
+    """A randomly initialised whisper encoder giving ``states`` hidden states of ``width`` (smoke preset)."""
+    from ..models.whisper import WhisperDims, WhisperEncoder
+
+    if states < 1:
+        raise ValueError(f"a whisper encoder gives at least one state (its input embedding); got {states}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = WhisperEncoder(WhisperDims(n_audio_state=width, n_audio_head=heads, n_audio_layer=states - 1))
+    return encoder.eval().requires_grad_(False)
