@@ -1,12 +1,17 @@
 """``python -m emo_core generate``: portrait + audio -> H.264 + AAC mp4, streamed clip by clip.
 
     python -m emo_core generate --image portrait.png --audio speech.wav -o out.mp4 --weights models/emo/hallo
+    python -m emo_core generate --image portrait.png --audio speech.wav -o out.mp4 --weights models/emo/echomimic
     python -m emo_core generate --image samples/portrait.png --audio samples/speech.wav -o smoke.mp4 --tiny
 
 ``--weights``: a model folder (Hallo's pretrained_models layout, or ours: config.json +
-emo.safetensors with sd-vae-ft-mse/ and wav2vec/wav2vec2-base-960h/ beside it); with
-``--download`` missing Hallo files are fetched into it first. ``--tiny``: random tiny
-weights, fully offline: the output is noise, it only shows that everything runs.
+emo.safetensors with sd-vae-ft-mse/ and wav2vec/wav2vec2-base-960h/ beside it, or an
+EchoMimic folder: denoising_unet[_acc].pth ... with audio_processor/whisper_tiny.pt and
+sd-vae-ft-mse/); with ``--download`` missing Hallo (or EchoMimic, for a folder named
+echomimic*) files are fetched into it first. The family is detected from the folder;
+EchoMimic's accelerated weights default to 6 steps without guidance (cfg 1).
+``--tiny``: random tiny weights, fully offline: the output is noise, it only shows that
+everything runs; ``--tiny-family`` picks the layout (hallo, emo, echomimic).
 """
 from __future__ import annotations
 
@@ -24,11 +29,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--weights", help="model folder (Hallo's pretrained_models layout or ours); "
                                        "default: $EMO_MODELS_DIR/emo/hallo or ~/.cache/emo_portrait/models/emo/hallo")
     src.add_argument("--tiny", action="store_true", help="random tiny weights, offline smoke test: the output is noise")
-    p.add_argument("--download", action="store_true", help="download missing Hallo files into the weights folder")
+    p.add_argument("--tiny-family", choices=("hallo", "emo", "echomimic"), default=None,
+                   help="layout of the --tiny preset (default hallo; implies --tiny)")
+    p.add_argument("--accelerated", action="store_true",
+                   help="EchoMimic: use the accelerated (_acc) weights, 6 steps without guidance (automatic when "
+                        "the folder holds only those)")
+    p.add_argument("--download", action="store_true", help="download missing Hallo (or EchoMimic) files into the "
+                                                           "weights folder")
     p.add_argument("--size", type=int, default=512, help="output side in pixels, multiple of 64 (default 512; --tiny: 64)")
     p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 40; --tiny: 4)")
-    p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps (default 40; EchoMimic 30, accelerated 6; --tiny: 4)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance scale (default 3.5; EchoMimic 2.5, accelerated 1 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", type=float, default=None, help="constant head-rotation speed target, degrees per frame "
                                                              "(models with speed layers)")
@@ -45,6 +58,61 @@ def default_weights() -> Path:
 
     root = Path(os.environ.get("EMO_MODELS_DIR", Path.home() / ".cache" / "emo_portrait" / "models")).expanduser()
     return root / "emo" / "hallo"
+
+
+def is_echomimic(weights: Path) -> bool:
+    """An EchoMimic folder: its denoising_unet[_acc] files, or (to download into) a folder named echomimic*."""
+    from .echomimic import is_echomimic_folder
+
+    return is_echomimic_folder(weights) or (weights.name.lower().startswith("echomimic")
+                                            and not (weights / "config.json").is_file())
+
+
+def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool, device, dtype):
+    """(pipeline, whisper encoder, accelerated) for an EchoMimic folder; missing files explained."""
+    from .echomimic import _find, ensure_echomimic, find_files, has_accelerated, load_echomimic, load_whisper, whisper_file
+    from .pipeline import EmoPipeline
+    from .sampling.ddim import Schedule
+    from .vae import load_vae
+
+    if not accelerated:  # the plain model when both are there, as find_files
+        accelerated = has_accelerated(weights) and _find(weights, "denoising_unet") is None
+    try:
+        find_files(weights, accelerated)
+        complete = whisper_file(weights) is not None
+    except FileNotFoundError:
+        complete = False
+    if not complete:
+        ensure_echomimic(weights, accelerated=accelerated, download=download)
+    vae_dir = next((weights / d for d in ("sd-vae-ft-mse", "vae") if (weights / d / "config.json").is_file()), None)
+    if vae_dir is None:
+        raise FileNotFoundError(f"no VAE in {weights}: put SD's sd-vae-ft-mse folder there (config.json + weights, "
+                                "e.g. from huggingface.co/stabilityai/sd-vae-ft-mse)")
+    net = load_echomimic(weights, accelerated=accelerated, device=device, dtype=dtype)
+    pipe = EmoPipeline(net, load_vae(vae_dir, device=device), Schedule.hallo() if net.cfg.prediction_type ==
+                       "v_prediction" else Schedule(), device=device, dtype=dtype)
+    return pipe, load_whisper(weights, device=device), accelerated
+
+
+def audio_windows(pipe, audio_model, wave, fps: float):
+    """Per-frame audio windows for this model's family: whisper (EchoMimic) or wav2vec2."""
+    a = pipe.cfg.audio
+    if a.encoder == "whisper":
+        from .preprocess.whisper_features import windows_for_video
+
+        return windows_for_video(audio_model, wave, fps, a.context)
+    from .preprocess.audio_features import AudioFeatureExtractor
+
+    return AudioFeatureExtractor(audio_model, fps=fps, m=a.context).windows(wave)
+
+
+def tiny_audio_model(cfg):
+    """The random audio encoder of the tiny preset, of the width and depth ``cfg`` expects."""
+    if cfg.audio.encoder == "whisper":
+        from .preprocess.whisper_features import tiny_whisper
+
+        return tiny_whisper(cfg.audio.feature_dim, cfg.audio.feature_blocks)
+    return tiny_wav2vec(cfg.audio.feature_dim, cfg.audio.feature_blocks)
 
 
 def load_portrait(path, size: int):
@@ -116,9 +184,10 @@ def face_conditioning(pipe, portrait, expand: float, if_missing: str, models_dir
 def main(args) -> int:
     import torch
 
+    from .checkpoints import CheckpointError
     from .hub import ModelFileMissing, ensure_hallo
     from .pipeline import EmoPipeline
-    from .preprocess.audio_features import AudioFeatureExtractor, load_wav2vec
+    from .preprocess.audio_features import load_wav2vec
     from .preprocess.audio_io import AudioError, load_audio
     from .video_out import Mp4Writer
 
@@ -135,38 +204,60 @@ def main(args) -> int:
         wave = load_audio(args.audio)
     except AudioError as exc:
         raise SystemExit(f"error: {exc}")
+    if args.tiny_family is not None:
+        if args.weights:
+            raise SystemExit("error: --tiny-family is for the tiny preset; it cannot be combined with --weights")
+        args.tiny = True
+    accelerated = False
     if args.tiny:
-        print("--tiny: random tiny weights. This only shows that the whole pipeline runs; the video is NOISE.",
-              file=sys.stderr)
+        family = args.tiny_family or "hallo"
+        print(f"--tiny: random tiny weights ({family} layout). This only shows that the whole pipeline runs; "
+              "the video is NOISE.", file=sys.stderr)
         torch.set_num_threads(1)  # tiny tensors: threads only add overhead
-        pipe = EmoPipeline.tiny(seed=0, family="hallo", device=device)
-        audio_model = tiny_wav2vec(pipe.cfg.audio.feature_dim, pipe.cfg.audio.feature_blocks)
+        pipe = EmoPipeline.tiny(seed=0, family=family, device=device)
+        audio_model = tiny_audio_model(pipe.cfg)
         size, face_dir = (64 if args.size == 512 else args.size), None
+        accelerated = family == "echomimic"  # the tiny EchoMimic stands in for the accelerated model
     else:
         weights = Path(args.weights).expanduser() if args.weights else default_weights()
         try:
-            if not (weights / "config.json").is_file():  # Hallo's layout: check (and fetch) its files
-                ensure_hallo(weights, download=args.download)
-            pipe = EmoPipeline.from_folder(weights, device=device, dtype=dtype)
-            audio_model = load_wav2vec(weights / "wav2vec" / "wav2vec2-base-960h", device=device)
-        except (ModelFileMissing, FileNotFoundError, ValueError) as exc:
+            if is_echomimic(weights):
+                pipe, audio_model, accelerated = load_echomimic_pipeline(
+                    weights, accelerated=args.accelerated, download=args.download, device=device, dtype=dtype)
+                face_dir = next((d for d in (weights / "face_analysis" / "models",
+                                             weights.parent / "hallo" / "face_analysis" / "models") if d.is_dir()), None)
+            else:
+                if not (weights / "config.json").is_file():  # Hallo's layout: check (and fetch) its files
+                    ensure_hallo(weights, download=args.download)
+                pipe = EmoPipeline.from_folder(weights, device=device, dtype=dtype)
+                audio_model = load_wav2vec(weights / "wav2vec" / "wav2vec2-base-960h", device=device)
+                face_dir = weights / "face_analysis" / "models"
+        except (ModelFileMissing, FileNotFoundError, CheckpointError, ValueError) as exc:
             raise SystemExit(f"error: {exc}")
-        size, face_dir = args.size, weights / "face_analysis" / "models"
+        size = args.size
+    echomimic = pipe.cfg.family == "echomimic"
     if args.steps is None:
-        args.steps = 4 if args.tiny else 40
+        args.steps = 4 if args.tiny else (6 if accelerated else 30) if echomimic else 40
+    if args.cfg is None:
+        args.cfg = (1.0 if accelerated else 2.5) if echomimic else 3.5
     multiple = pipe.cfg.size_multiple
     if size % multiple:
         raise SystemExit(f"error: --size {size} is not a multiple of {multiple}")
     portrait = load_portrait(args.image, size)
     mask, regions, embedding = face_conditioning(pipe, portrait, args.expand, args.no_face, face_dir)
-    windows = AudioFeatureExtractor(audio_model, fps=args.fps, m=pipe.cfg.audio.context).windows(wave)
+    try:
+        windows = audio_windows(pipe, audio_model, wave, args.fps)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
     del audio_model
     frames = windows.shape[0]
     speed = None if args.speed is None else torch.full((frames,), float(args.speed))
     ref = pipe.encode_reference(portrait, face_embedding=embedding)
     clips = -(-frames // pipe.cfg.clip_frames)
-    print(f"{len(wave) / 16000:.2f} s of audio -> {frames} frames at {args.fps:g} fps, {clips} clips of "
-          f"{pipe.cfg.clip_frames}, {args.steps} steps, {size}x{size} on {device}", file=sys.stderr)
+    how = (f"one latent sequence in context windows of {pipe.cfg.clip_frames}" if pipe.cfg.chaining == "context_windows"
+           else f"{clips} clips of {pipe.cfg.clip_frames}")
+    print(f"{len(wave) / 16000:.2f} s of audio -> {frames} frames at {args.fps:g} fps, {how}, {args.steps} steps, "
+          f"cfg {args.cfg:g}, {size}x{size} on {device}", file=sys.stderr)
 
     def progress(info):
         if info["step"] == info["steps"]:
