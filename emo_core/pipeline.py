@@ -42,6 +42,12 @@ class ReferenceState:
     def size(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
 
+    def to(self, device) -> "ReferenceState":
+        """A copy with the model-side tensors on ``device`` (this state is not changed)."""
+        return ReferenceState(self.image, self.latent.to(device),
+                              None if self.identity is None else self.identity.to(device),
+                              None if self.features is None else self.features.to(device))
+
 
 class EmoPipeline:
     def __init__(self, net: EmoNet, vae: Vae, schedule: Schedule, *, device="cpu", dtype=torch.float32):

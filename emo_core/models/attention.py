@@ -43,10 +43,8 @@ class ReferenceFeatures:
         return next(iter(self.spatial.values())).shape[0]
 
     @property
-    def num_motion_frames(self) -> int:
-        if not self.motion:
-            return 0
-        return next(iter(self.motion.values())).shape[1]
+    def device(self) -> torch.device:
+        return next(iter(self.spatial.values())).device
 
     def with_motion(self, motion: dict[str, torch.Tensor] | None) -> "ReferenceFeatures":
         return ReferenceFeatures(self.spatial, motion, self.active)
@@ -73,7 +71,7 @@ class ReferenceFeatures:
             active = None
         else:
             active = torch.cat([
-                p.active if p.active is not None else torch.ones(p.batch, dtype=torch.bool, device=_device(p))
+                p.active if p.active is not None else torch.ones(p.batch, dtype=torch.bool, device=p.device)
                 for p in parts])
         return ReferenceFeatures(spatial, motion, active)
 
@@ -81,10 +79,6 @@ class ReferenceFeatures:
         mv = lambda d: None if d is None else {k: v.to(device=device, dtype=dtype) for k, v in d.items()}
         active = None if self.active is None else self.active.to(device)
         return ReferenceFeatures(mv(self.spatial), mv(self.motion), active)
-
-
-def _device(f: ReferenceFeatures):
-    return next(iter(f.spatial.values())).device
 
 
 @dataclass

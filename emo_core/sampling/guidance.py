@@ -18,8 +18,7 @@ from ..models.backbone import Conditioning
 def unconditional(cond: Conditioning, null_identity: torch.Tensor | None) -> Conditioning:
     ref = cond.reference
     if ref is not None:
-        ref = ReferenceFeatures(ref.spatial, ref.motion, torch.zeros(ref.batch, dtype=torch.bool,
-                                                                       device=next(iter(ref.spatial.values())).device))
+        ref = ReferenceFeatures(ref.spatial, ref.motion, torch.zeros(ref.batch, dtype=torch.bool, device=ref.device))
     return replace(
         cond,
         reference=ref,
