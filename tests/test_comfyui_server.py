@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflows import tiny
+from test_workflows import family_of, tiny
 
 REPO = Path(__file__).resolve().parents[1]
 COMFY = os.environ.get("EMO_COMFYUI_DIR")
@@ -103,7 +103,7 @@ def _post(url, prompt):
 def test_workflow_runs_in_comfyui(server, name):
     url, base = server
     prompt = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
-    family = "emo" if any(n["class_type"] == "EmoSpeed" for n in prompt.values()) else "hallo"
+    family = family_of(prompt)
     pid = _post(url, tiny(prompt, family))["prompt_id"]
     deadline = time.time() + 600
     while time.time() < deadline:

@@ -38,15 +38,25 @@ def dirs(tmp_path, monkeypatch):
     return inp, out
 
 
-def tiny(prompt: dict, family: str = "hallo") -> dict:
-    """The test's only changes to a shipped workflow: tiny random weights, 64 px, 2 steps."""
-    from nodes.loader import TINY_CHOICE, TINY_EMO_CHOICE
+def family_of(prompt: dict) -> str:
+    """The model family a shipped workflow is made for: EchoMimic by its loader choice, EMO (speed
+    layers) when it measures speed, else Hallo."""
+    if any(n["class_type"] == "EmoModelLoader" and str(n["inputs"]["model"]).startswith("echomimic")
+           for n in prompt.values()):
+        return "echomimic"
+    return "emo" if any(n["class_type"] == "EmoSpeed" for n in prompt.values()) else "hallo"
 
+
+def tiny(prompt: dict, family: str = "hallo") -> dict:
+    """The test's only changes to a shipped workflow: tiny random weights of its family, 64 px, 2 steps."""
+    from nodes.loader import TINY_FAMILIES
+
+    choice = {f: c for c, f in TINY_FAMILIES.items()}[family]
     p = json.loads(json.dumps(prompt))
     for node in p.values():
         t, i = node["class_type"], node["inputs"]
         if t == "EmoModelLoader":
-            i["model"] = TINY_CHOICE if family == "hallo" else TINY_EMO_CHOICE
+            i["model"] = choice
         elif t == "EmoReferenceEncode":
             i["size"] = 64
         elif t in ("EmoGenerate", "EmoSampleClip"):
@@ -54,8 +64,8 @@ def tiny(prompt: dict, family: str = "hallo") -> dict:
     return p
 
 
-def test_there_are_four_workflows_with_api_copies():
-    assert len(WORKFLOWS) >= 4
+def test_there_are_five_workflows_with_api_copies():
+    assert len(WORKFLOWS) >= 5 and "echomimic_accelerated" in NAMES
     for p in WORKFLOWS:
         assert (REPO / "workflows" / "api" / p.name).is_file(), f"{p.name} has no API copy"
 
@@ -90,7 +100,7 @@ def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs):
 
     inp, out = dirs
     prompt = load_json(REPO / "workflows" / "api" / f"{name}.json")
-    family = "emo" if any(n["class_type"] == "EmoSpeed" for n in prompt.values()) else "hallo"
+    family = family_of(prompt)
     result = Executor(node_classes, inp, out).run(tiny(prompt, family))
     gen_id = next(k for k, n in prompt.items() if n["class_type"] == "EmoGenerate")
     images, audio, video, fps = result["outputs"][gen_id]
@@ -114,6 +124,10 @@ def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs):
         assert abs(info["video_seconds"] - seconds) <= 0.5 / fps + 1e-6
         assert abs(info["audio_seconds"] - seconds) < 0.15
     assert not list(out.rglob("*.part*")), "no half-written file may remain"
+    if family == "echomimic":  # the accelerated model's settings, as shipped
+        assert prompt[gen_id]["inputs"]["steps"] == 6 and prompt[gen_id]["inputs"]["cfg"] == 1.0
+        assert "regions" not in prompt[gen_id]["inputs"] and "face_mask" in prompt[gen_id]["inputs"]
+        assert fps == 24.0
     if name == "emo_in_larger_graph":
         assert seconds == pytest.approx(2.5, abs=1e-3)
         assert len(load_audio(inp / "speech.wav")) / 16000 > 3.0

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
-from nodes.loader import HALLO_CHOICE  # noqa: E402
+from nodes.loader import ECHOMIMIC_ACC_CHOICE, HALLO_CHOICE  # noqa: E402
 
 # core nodes: widget order (as the frontend stores widgets_values, extra upload values included),
 # outputs (name, type)
@@ -120,11 +120,30 @@ def larger_graph():
     return graph
 
 
+def echomimic_accelerated():
+    """EchoMimic's accelerated weights: whisper audio, 1-channel face box, the whole video as one
+    latent sequence in context windows, 6 steps without guidance, at EchoMimic's 24 fps."""
+    return [
+        (1, "EmoModelLoader", {"model": ECHOMIMIC_ACC_CHOICE, "dtype": "auto", "download": True}, {}),
+        (2, "LoadImage", {"image": "portrait.png"}, {}),
+        (3, "LoadAudio", {"audio": "speech.wav"}, {}),
+        (4, "EmoReferenceEncode", {"size": 512, "crop": "center", "identity": False}, {"emo_model": (1, 0), "image": (2, 0)}),
+        (5, "EmoAudioEncode", {"fps": 24.0}, {"emo_model": (1, 0), "audio": (3, 0)}),
+        (6, "EmoFaceMask", {"expand": 1.2, "if_no_face": "error"}, {"image": (4, 1), "emo_model": (1, 0)}),
+        (7, "EmoGenerate", {"steps": 6, "cfg": 1.0, "seed": 42, "motion_start": "reference", "keep_frames": "all"},
+         {"emo_model": (1, 0), "reference": (4, 0), "emo_audio": (5, 0), "audio": (3, 0), "face_mask": (6, 0)}),
+        (8, "CreateVideo", {"fps": 24.0, "bit_depth": 8}, {"images": (7, 0), "audio": (7, 1), "fps": (7, 3)}),
+        (9, "SaveVideo", {"filename_prefix": "emo/echomimic", "format": "auto", "format.codec": "auto"}, {"video": (8, 0)}),
+    ]
+
+
 WORKFLOWS = {
     "emo_basic_talking": (basic, "A portrait and a speech clip -> talking video (Create Video + Save Video)."),
     "emo_long_singing": (long_singing, "A whole song, clip after clip; frames are streamed to disk (VIDEO -> Save Video)."),
     "emo_driving_video_speed": (driving_speed, "Head-motion speed measured on a driving video (EMO speed layers)."),
     "emo_in_larger_graph": (larger_graph, "The portrait is scaled and mirrored, the audio trimmed, by core nodes first."),
+    "echomimic_accelerated": (echomimic_accelerated, "EchoMimic's accelerated model: whisper audio, context windows, "
+                                                     "6 steps without guidance (cfg 1)."),
 }
 
 
