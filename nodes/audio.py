@@ -9,7 +9,8 @@ CORE_ENCODER_TOOLTIP = (
     "(12 blocks of 768). Close to, but not the same as, what Hallo's weights were trained on: core runs "
     "wav2vec2 at its native 50 Hz and, for base models, without input normalisation, and its features are "
     "interpolated to the video frame rate after the transformer (Hallo interpolates before it, on "
-    "normalised audio). Expect slightly weaker lip sync; prefer the 'audio' input when you can.")
+    "normalised audio). Expect slightly weaker lip sync; prefer the 'audio' input when you can. EchoMimic "
+    "models need whisper-tiny's states (5 of 384): connect 'audio' for them.")
 
 
 def windows_from_core_encoder(output: dict, fps: float, m: int, blocks: int, width: int):

@@ -10,7 +10,8 @@ transformation_matrix); AUDIO_ENCODER_OUTPUT (core's AudioEncoderEncode output:
 
 EMO_MODEL      ``nodes.model.EmoModel``: the EmoPipeline (network, VAE, DDIM schedule) kept on
                the offload device and loaded through a ModelPatcher when a node runs, plus
-               where its helper models are (wav2vec2 folder, face model folder) and
+               where its helper models are (wav2vec2 folder, face model folder; for EchoMimic
+               the folder with audio_processor/whisper_tiny.pt) and
                ``tiny`` (random weights: output is noise). Read-only for every node.
 EMO_AUDIO      dict: "windows" [T, window, L, C] float32 CPU tensor (per-frame wav2vec2 windows,
                window = 2m+1; or whisper windows for EchoMimic, window = 2(2m+1), L = 1 + blocks),
