@@ -69,7 +69,7 @@ class EmoGenerate:
         from emo_core.preprocess.audio_io import AudioError
         from emo_core.video_out import Mp4Writer
 
-        from .common import StepProgress, check_model, face_mask_for, regions_for, speed_for, state_to
+        from .common import StepProgress, check_model, face_mask_for, regions_for, speed_for
         from .comfy_env import make_video, soft_empty_cache, temp_dir
 
         check_model(emo_model, reference, emo_audio)
@@ -91,7 +91,7 @@ class EmoGenerate:
         last = None
         try:
             with emo_model.loaded() as pipe, Mp4Writer(path, fps, audio=mux, sample_rate=int(audio["sample_rate"])) as writer:
-                state = state_to(reference["state"], pipe.device)
+                state = reference["state"].to(pipe.device)
                 for clip in pipe.generate(state, emo_audio["windows"], face_mask=mask,
                                           region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,

@@ -21,20 +21,6 @@ def check_model(emo_model, reference, audio=None) -> None:
                                f"needs {want}: encode the audio with the same EMO model")
 
 
-def state_to(state, device):
-    """A ReferenceState with its tensors on ``device`` (a new object; the input is not changed)."""
-    from emo_core.models.attention import ReferenceFeatures
-    from emo_core.pipeline import ReferenceState
-
-    feats = state.features
-    if feats is not None:
-        mv = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}
-        feats = ReferenceFeatures(mv(feats.spatial), mv(feats.motion),
-                                  None if feats.active is None else feats.active.to(device))
-    return ReferenceState(state.image, state.latent.to(device),
-                          None if state.identity is None else state.identity.to(device), feats)
-
-
 def face_mask_for(mask, frames: int, size) -> torch.Tensor | None:
     """MASK [B, H, W] -> [H, W] (B == 1) or [frames, H, W]; checks size and frame count."""
     if mask is None:

@@ -128,8 +128,6 @@ class EmoModelLoader:
         }
 
     def load(self, model, dtype="auto", download=True, vae=None):
-        import torch
-
         from emo_core.pipeline import EmoPipeline
 
         from .comfy_env import emo_folders, load_device, offload_device, pick_dtype

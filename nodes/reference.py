@@ -10,7 +10,6 @@ from .types import CATEGORY, EMO_MODEL, EMO_REFERENCE
 def prepare_portrait(image, size: int, crop: str, multiple: int):
     """IMAGE [B, H, W, C] -> [H', W', 3] float (first image): centre-cropped to a square and
     resized to ``size`` (crop="center"), or resized to the nearest multiples (crop="none")."""
-    import torch
     import torch.nn.functional as F
 
     img = image[0] if image.ndim == 4 else image
@@ -88,7 +87,6 @@ class EmoReferenceEncode:
     def encode(self, emo_model, image, size=512, crop="center", vae=None, identity=True):
         import torch
 
-        from .common import state_to
         from .model import ComfyVae
 
         if image is None or image.ndim != 4 or image.shape[0] < 1:
@@ -105,7 +103,7 @@ class EmoReferenceEncode:
                     state = ReferenceState(portrait, latent, ident, pipe.net.reference_features(latent, ident))
             else:
                 state = pipe.encode_reference(portrait, face_embedding=emb)
-            state = state_to(state, "cpu")
+            state = state.to("cpu")
         ref = {"state": state, "image": portrait, "size": tuple(portrait.shape[:2]), "model_key": emo_model.key}
         return (ref, portrait[None].clone())
 

@@ -43,8 +43,7 @@ class EmoSampleClip:
 
         from emo_core.chaining import plan_clips, take_padded
 
-        from .common import (EmoNodeError, StepProgress, check_model, face_mask_for, regions_for, speed_for,
-                             state_to)
+        from .common import (EmoNodeError, StepProgress, check_model, face_mask_for, regions_for, speed_for)
         from .comfy_env import soft_empty_cache
 
         check_model(emo_model, reference, emo_audio)
@@ -78,7 +77,7 @@ class EmoSampleClip:
         progress = StepProgress(steps, 1)
         try:
             with emo_model.loaded() as pipe:
-                state = state_to(reference["state"], pipe.device)
+                state = reference["state"].to(pipe.device)
                 motion_latents = None if motion_pixels is None else pipe.vae.encode_images(motion_pixels)
                 latents = pipe.sample_clip(
                     state, take_padded(emo_audio["windows"], frames), motion_latents, face_mask=clip_mask,
