@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .types import CATEGORY, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, EMO_REGIONS, EMO_SPEED
+from .types import CATEGORY, CFG, CONDITIONING_INPUTS, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, SEED, STEPS
 
 
 def check_audio_matches(audio: dict, emo_audio: dict) -> None:
@@ -41,11 +41,9 @@ class EmoGenerate:
                 "emo_audio": (EMO_AUDIO, {}),
                 "audio": ("AUDIO", {"tooltip": "the same audio as EMO Audio Encode's; muxed into the VIDEO and "
                                                "passed through unchanged"}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
-                "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
-                                  "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step; "
-                                             "EchoMimic accelerated: 1)"}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": STEPS,
+                "cfg": CFG,
+                "seed": SEED,
                 "motion_start": (["reference", "zeros"], {
                     "default": "reference", "tooltip": "first clip's motion frames: copies of the portrait (Hallo) "
                                                        "or none (the paper's zero maps)"}),
@@ -53,11 +51,7 @@ class EmoGenerate:
                     "default": "all", "tooltip": "all: IMAGE holds every frame; last: IMAGE holds only the last frame "
                                                  "(long videos: use the VIDEO output, which is streamed to disk)"}),
             },
-            "optional": {
-                "face_mask": ("MASK", {}),
-                "regions": (EMO_REGIONS, {}),
-                "speed": (EMO_SPEED, {}),
-            },
+            "optional": dict(CONDITIONING_INPUTS),
         }
 
     def generate(self, emo_model, reference, emo_audio, audio, steps, cfg, seed, motion_start="reference",

@@ -4,7 +4,7 @@ For hand-built chains: clip k takes the last n decoded frames of clip k-1 as mot
 EMO Generate (chain.py) does the whole audio in one node."""
 from __future__ import annotations
 
-from .types import CATEGORY, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, EMO_REGIONS, EMO_SPEED
+from .types import CATEGORY, CFG, CONDITIONING_INPUTS, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, SEED, STEPS
 
 
 class EmoSampleClip:
@@ -23,15 +23,12 @@ class EmoSampleClip:
                 "reference": (EMO_REFERENCE, {}),
                 "emo_audio": (EMO_AUDIO, {}),
                 "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
-                "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
-                                  "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step)"}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": STEPS,
+                "cfg": CFG,
+                "seed": SEED,
             },
             "optional": {
-                "face_mask": ("MASK", {}),
-                "regions": (EMO_REGIONS, {}),
-                "speed": (EMO_SPEED, {}),
+                **CONDITIONING_INPUTS,
                 "motion_frames": ("IMAGE", {"tooltip": "the previous clip's decoded frames (the last n are used); "
                                                        "without it clip 0 starts from copies of the portrait"}),
             },

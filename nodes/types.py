@@ -31,3 +31,11 @@ EMO_REFERENCE = "EMO_REFERENCE"
 EMO_SPEED = "EMO_SPEED"
 EMO_REGIONS = "EMO_REGIONS"
 CATEGORY = "EMO"
+
+# Inputs shared by the sampling nodes (same widgets, same order in the workflows).
+STEPS = ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip": "DDIM steps (Hallo: 40; EchoMimic accelerated: 6)"})
+CFG = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
+                 "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step; "
+                            "EchoMimic accelerated: 1)"})
+SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
+CONDITIONING_INPUTS = {"face_mask": ("MASK", {}), "regions": (EMO_REGIONS, {}), "speed": (EMO_SPEED, {})}
