@@ -4,8 +4,9 @@ checkpoint, or Hallo's ``net.pth``.
 Every load is strict in the sense that matters: each source tensor must land on a target
 tensor of the same shape, and target tensors left uninitialised must be ones the stage may
 start fresh (listed in the report). Anything else raises ``InitError`` naming the keys.
-(A shared strict-loading helper is planned in ``emo_core/checkpoints.py``; until it exists
-this module carries the little it needs.)
+Reading files, SD1.5 and AnimateDiff loads are ``emo_core.checkpoints``' (``load_state_dict``,
+``load_sd15_unet``/``init_from_sd15``, ``init_motion_modules``); ``load_into`` stays here because
+stages may leave tensors fresh by regex (speed layers inside the temporal modules).
 
 Our checkpoint format: the model folder of ``emo_core.checkpoints`` (``emo.safetensors`` with
 every ``EmoNet`` tensor under its module prefix, ``config.json`` = {"format": "emo-portrait",
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
+from ..checkpoints import CheckpointError, init_from_sd15, init_motion_modules, load_sd15_unet, load_state_dict
 from ..config import EmoConfig
 
 CHECKPOINT_FORMAT = "emo-checkpoint-1"
@@ -36,26 +37,20 @@ class InitError(ValueError):
 
 
 def load_state_file(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and (safetensors) metadata of a ``.safetensors`` / ``.pth`` / ``.ckpt`` / ``.bin`` file."""
+    """Tensors and (safetensors) metadata of a ``.safetensors`` / ``.pth`` / ``.ckpt`` / ``.bin`` file
+    (read by ``checkpoints.load_state_dict``: safetensors or weights-only ``torch.load``)."""
     path = Path(path)
     if not path.is_file():
         raise InitError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            return load_file(str(path)), meta
-        except Exception as exc:  # safetensors raises several error types for a bad file
-            raise InitError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of every kind
-        raise InitError(f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise InitError(f"{path}: expected a dict of tensors (a state dict)")
-    return state, {}
+        state = load_state_dict(path)
+    except CheckpointError as exc:
+        raise InitError(f"{path}: not a readable checkpoint ({exc})") from exc
+    meta: dict[str, str] = {}
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    return state, meta
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str,
@@ -86,30 +81,20 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, what: str,
     return sorted(set(target) - set(src))
 
 
-def _unet_file(path: Path) -> Path:
-    if path.is_file():
-        return path
-    for sub in ("", "unet"):
-        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-            p = path / sub / name
-            if p.is_file():
-                return p
-    raise InitError(f"{path}: no SD1.5 UNet weights found (expected a diffusers UNet folder with "
-                    "diffusion_pytorch_model.safetensors, or that file)")
-
-
 def init_sd15(net: nn.Module, path) -> list[str]:
-    """SD1.5 UNet -> ReferenceNet (without the output head) and the backbone's spatial layers."""
-    file = _unet_file(Path(path))
-    state, _ = load_state_file(file)
-    if any(k.startswith("model.diffusion_model.") for k in state):
-        raise InitError(f"{file}: an original (LDM) SD checkpoint; convert it to the diffusers UNet layout first "
-                        "(diffusers' convert_original_stable_diffusion_to_diffusers.py)")
-    ref_state = {k: v for k, v in state.items() if not k.startswith(("conv_norm_out.", "conv_out."))}
-    load_into(net.reference_unet, ref_state, what=f"SD1.5 UNet {file} (ReferenceNet)")
-    fresh = load_into(net.denoising_unet, state, what=f"SD1.5 UNet {file} (backbone)",
-                      fresh_ok=[r"\.audio_modules\.", r"\.motion_modules\."])
-    return [f"SD1.5 UNet {file}: ReferenceNet and backbone spatial layers ({len(state)} tensors); "
+    """SD1.5 UNet (diffusers folder or single file) -> ReferenceNet (without the output head)
+    and the backbone's spatial layers, by ``checkpoints.init_from_sd15``."""
+    try:
+        state = load_sd15_unet(path)
+        fresh = init_from_sd15(net, state)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise InitError(f"SD1.5 UNet {path} does not fit this model (shape mismatches, or keys the model does not "
+                        f"have): {exc}") from exc
+    spatial = [k for k in fresh if not re.search(r"\.(audio_modules|motion_modules)\.", k)]
+    if spatial:
+        raise InitError(f"SD1.5 UNet {path}: the checkpoint lacks {len(spatial)} backbone spatial tensors, "
+                        f"e.g. {spatial[:5]}")
+    return [f"SD1.5 UNet {path}: ReferenceNet and backbone spatial layers ({len(state)} tensors); "
             f"{len(fresh)} backbone tensors (audio/temporal) left fresh"]
 
 
@@ -126,14 +111,11 @@ def init_animatediff(net: nn.Module, path) -> list[str]:
     if unknown:
         raise InitError(f"{path}: {len(unknown)} AnimateDiff keys have no temporal module in this model, e.g. "
                         f"{unknown[:5]} (the model's temporal layout — resolutions, mid block, blocks — differs)")
-    full = dict(bb.state_dict())
-    full.update(sub)
-    fresh = load_into(bb, full, what=f"AnimateDiff {path}")
     speed = [k for k in target - set(sub) if re.search(SPEED_KEYS, k)]
-    other = sorted(target - set(sub) - set(speed))
-    if other:
-        raise InitError(f"{path}: the motion module lacks {len(other)} temporal tensors of this model, e.g. {other[:5]}")
-    del fresh
+    try:
+        init_motion_modules(net, sub)
+    except CheckpointError as exc:
+        raise InitError(f"{path}: the motion module does not fit this model's temporal layers: {exc}") from exc
     return [f"AnimateDiff {path}: {len(sub)} temporal tensors; {len(speed)} speed-layer tensors left fresh"]
 
 
