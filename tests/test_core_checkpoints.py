@@ -128,3 +128,31 @@ def test_corrupt_safetensors_is_a_checkpoint_error(tmp_path):
 def test_accelerated_only_echomimic_folder_is_detected(tmp_path):
     torch.save({}, tmp_path / "denoising_unet_acc.pth")
     assert detect_format(tmp_path) == "echomimic"
+
+
+def layout_fingerprint(state_dict) -> tuple[int, str]:
+    """(number of tensors, sha256 of the sorted "key:shape" lines)."""
+    import hashlib
+
+    lines = "\n".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in sorted(state_dict.items()))
+    return len(state_dict), hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_hallo_preset_has_the_released_layout():
+    """EmoConfig.hallo() builds exactly the tensors of Hallo's released net.pth: the key and
+    shape list of Hallo's own Net (SD1.5 UNets + configs/unet/unet.yaml, built on the meta
+    device) has this fingerprint, so the real file loads strictly."""
+    with torch.device("meta"):
+        net = EmoNet(EmoConfig.hallo())
+    assert layout_fingerprint(net.state_dict()) == (2656, "5b14f0e0efad562943e704f50db50f9891ca210ae58dcbce8988e8b6df53a421")
+
+
+def test_emo_preset_takes_animatediff_v2_motion_modules():
+    """EMO's temporal modules (speed layers aside) have AnimateDiff v2's layout (mm_sd_v15_v2,
+    the same tensors as Hallo's motion modules), so init_motion_modules loads it strictly."""
+    with torch.device("meta"):
+        net = EmoNet(EmoConfig.emo())
+    mm = {k: v for k, v in net.denoising_unet.state_dict().items() if ".motion_modules." in k and ".speed_" not in k}
+    assert layout_fingerprint(mm) == (
+        588, "8b6a50983db9f7f0509c65fec0897e723db95bad46b07b4ff2fb93f6c860ac2f")
+    assert any(".speed_attention." in k for k in net.denoising_unet.state_dict())
