@@ -188,3 +188,23 @@ def test_zero_start_uses_zero_motion_maps():
     assert all(v.shape[1] == n and not v.any() for v in first.values())
     assert any(v.any() for v in seen[-1].values())
     assert not torch.allclose(zeros, copies)
+
+
+@pytest.mark.parametrize("family", ["hallo", "emo", "echomimic"])
+def test_bfloat16_weights_run_every_family(family):
+    """GPUs run the network in fp16/bf16; the DDIM math stays in float32 (CPU has bf16 kernels)."""
+    tiny = EmoPipeline.tiny(family=family)
+    pipe = EmoPipeline(tiny.net, tiny.vae, tiny.schedule, dtype=torch.bfloat16)
+    cfg = pipe.cfg
+    ref = pipe.encode_reference(torch.rand(64, 64, 3), torch.randn(cfg.identity_dim) if cfg.identity_dim else None)
+    a = cfg.audio
+    regions = None
+    if a.region_attention:
+        regions = {k: [torch.rand(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+    mask = torch.zeros(64, 64)
+    mask[8:40, 8:40] = 1
+    speed = torch.full((6,), 2.0) if cfg.speed else None
+    frames = torch.cat(list(pipe.generate(ref, torch.randn(6, a.window, a.feature_blocks, a.feature_dim),
+                                          face_mask=mask, region_masks=regions, speed=speed, steps=2)))
+    assert pipe.net.dtype == torch.bfloat16
+    assert frames.shape == (6, 64, 64, 3) and torch.isfinite(frames).all()

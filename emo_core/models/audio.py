@@ -88,7 +88,7 @@ class AudioBlock(nn.Module):
                 raise ValueError("this model's audio attention is split by face regions: "
                                  "full/face/lip masks are required (see preprocess.masks)")
             for i, region in enumerate(REGIONS):
-                out = attention(getattr(self, f"attn2_{i}"), h, tokens) * region_masks[region][:, :, None]
+                out = attention(getattr(self, f"attn2_{i}"), h, tokens) * region_masks[region][:, :, None].to(h.dtype)
                 out = rearrange(out, "n (h w) d -> n d h w", h=height, w=width)
                 out = rearrange(getattr(self, f"zero_conv_{region}")(out), "n d h w -> n (h w) d")
                 x = x + (out if region_weights is None else region_weights[i] * out)
