@@ -121,14 +121,27 @@ class HalloRunner:
     def case_d(self):
         # The step's conditioning is derived from cases a, b and c through our modules (as
         # Hallo derived it), so the float64 run does not inherit float32 rounding.
-        emb = self.x("c.input")
-        tokens = torch.cat([self.net.imageproj(torch.zeros_like(emb)), self.net.imageproj(emb)])
-        audio = self.net.audioproj(self.x("a.input"))
-        face = self.case_b()["b.output"]
+        # (Folders without those cases fall back to the step's stored inputs.)
+        g = self.g
+        if g.has("c"):
+            emb = self.x("c.input")
+            tokens = torch.cat([self.net.imageproj(torch.zeros_like(emb)), self.net.imageproj(emb)])
+        else:
+            tokens = self.x("d.encoder_hidden_states")
+        if g.has("a"):
+            audio = self.net.audioproj(self.x("a.input"))
+            audio = torch.cat([torch.zeros_like(audio), audio])
+        else:
+            audio = self.x("d.audio_embedding")
+        if g.has("b"):
+            face = self.case_b()["b.output"]
+            face = torch.cat([torch.zeros_like(face), face])
+        else:
+            face = self.x("d.mask_cond_fea")
+        weights = self.x("d.motion_scale") if "d.motion_scale" in g.cases else g.meta.get("motion_scale")
         ref, feats, ref_out = self.hallo_reference(self.x("d.ref_latents_in"), tokens)
-        cond = Conditioning(reference=ref, identity=tokens, audio=torch.cat([torch.zeros_like(audio), audio]),
-                            face=torch.cat([torch.zeros_like(face), face]), region_masks=self.masks("d", cfg_double=False),
-                            region_weights=self.x("d.motion_scale"))
+        cond = Conditioning(reference=ref, identity=tokens, audio=audio, face=face,
+                            region_masks=self.masks("d", cfg_double=False), region_weights=weights)
         pred = self.net(self.x("d.latent_model_input"), self.g.cases["d.timestep"], cond)
         u, c = pred.chunk(2)
         out = {"d.ref_unet_out": ref_out, "d.noise_pred": pred,
@@ -197,7 +210,7 @@ class HalloRunner:
 
 def tolerance(golden: Golden, name: str, float64: bool) -> tuple[float, float]:
     tol = golden.tolerance
-    if float64:
+    if float64 and "float64" in tol:
         tol64 = tol["float64"]
         if name in tol64.get("exceptions", {}):
             e = tol64["exceptions"][name]
