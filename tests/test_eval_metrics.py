@@ -1,6 +1,5 @@
 """F-SIM, expression features, head motion, mouth/loudness, flicker: closed forms and
 synthetic data with known answers."""
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -9,14 +8,8 @@ from emo_core.eval import motion
 from emo_core.eval.expression import (EXPRESSION_POINTS, LEFT_BROW, LIPS, RIGHT_BROW,
                                       LandmarkExpressionProxy, make_expression_extractor)
 from emo_core.eval.fsim import cosine_similarity, face_similarity
+from emo_core.preprocess.face import Face
 
-
-@dataclass
-class FakeFace:
-    box_xyxy: np.ndarray
-    score: float = 1.0
-    landmarks: np.ndarray | None = None
-    transformation_matrix: np.ndarray | None = None
 
 
 def _identity_embed(image, face):
@@ -27,7 +20,7 @@ def _identity_embed(image, face):
 def test_fsim_identical_frames_is_one_and_skips_counted():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    face = FakeFace(np.array([4, 4, 28, 28]))
+    face = Face(np.array([4, 4, 28, 28]), 1.0)
     ref = _identity_embed(frame, face)
     r = face_similarity(_identity_embed, [frame, frame, frame], [face, None, face], ref)
     assert r.mean == pytest.approx(1.0, abs=1e-12)
@@ -95,10 +88,10 @@ def test_landmark_proxy_removes_pose_and_identity():
     for k in range(6):
         lm = base.copy()
         lm[EXPRESSION_POINTS[:40]] += [0, k, 0]   # lips move with k
-        faces.append(FakeFace(np.zeros(4), landmarks=lm))
+        faces.append(Face(np.zeros(4), 1.0, landmarks=lm))
         # same expression under a head rotation, scale change and shift
         posed = 1.7 * lm @ _rot(15 * k, 5, -3).T + [10, -4, 2]
-        faces_posed.append(FakeFace(np.zeros(4), landmarks=posed))
+        faces_posed.append(Face(np.zeros(4), 1.0, landmarks=posed))
     proxy = LandmarkExpressionProxy()
     f1, skipped = proxy([None] * 6, faces)
     f2, _ = proxy([None] * 6, faces_posed)
@@ -109,10 +102,10 @@ def test_landmark_proxy_removes_pose_and_identity():
     other = base.copy()
     changed = LIPS + LEFT_BROW + RIGHT_BROW
     other[changed] += rng.normal(0, 2.0, (len(changed), 3))
-    faces_other = [FakeFace(np.zeros(4), landmarks=other + (f.landmarks - base)) for f in faces]
+    faces_other = [Face(np.zeros(4), 1.0, landmarks=other + (f.landmarks - base)) for f in faces]
     f3, _ = proxy([None] * 6, faces_other)
     np.testing.assert_allclose(f1, f3, atol=1e-8)
-    _, skipped = proxy([None] * 3, [faces[0], None, FakeFace(np.zeros(4))])
+    _, skipped = proxy([None] * 3, [faces[0], None, Face(np.zeros(4), 1.0)])
     assert skipped == 2
 
 
@@ -121,5 +114,5 @@ def test_expression_extractor_choice():
     with pytest.raises(ValueError, match="3D face model"):
         make_expression_extractor("3dmm")
     ex = make_expression_extractor("auto", model=lambda crops: np.ones((len(crops), 257)))
-    feats, skipped = ex([np.zeros((40, 40, 3), np.uint8)] * 2, [FakeFace(np.array([5, 5, 30, 30])), None])
+    feats, skipped = ex([np.zeros((40, 40, 3), np.uint8)] * 2, [Face(np.array([5, 5, 30, 30]), 1.0), None])
     assert feats.shape == (1, 64) and skipped == 1

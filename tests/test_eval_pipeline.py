@@ -1,7 +1,6 @@
 """evaluate(), the command and the report with small stand-in networks: numbers, protocols,
 pairing, skips and bad input."""
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,14 +9,8 @@ import torch
 from emo_core.eval.pipeline import EvalConfig, Networks, evaluate
 from emo_core.eval.syncnet import SyncNetS
 from emo_core.eval.video_io import Video, VideoInputError
+from emo_core.preprocess.face import Face
 
-
-@dataclass
-class FakeFace:
-    box_xyxy: np.ndarray
-    score: float = 1.0
-    landmarks: np.ndarray | None = None
-    transformation_matrix: np.ndarray | None = None
 
 
 class FakeAnalyzer:
@@ -38,7 +31,7 @@ class FakeAnalyzer:
             h, w = f.shape[:2]
             lm = base + [w / 2 - 20, h / 2 - 20, 0]
             lm[14, 1] += (i % 4)  # mouth opens and closes
-            out.append(FakeFace(np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4]), landmarks=lm))
+            out.append(Face(np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4]), 1.0, landmarks=lm))
         return out
 
 

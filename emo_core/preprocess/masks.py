@@ -99,25 +99,20 @@ def latent_mask(mask, factor: int = 8, mode: str = "max") -> torch.Tensor:
 def _hallo_expand_region(region, image_w, image_h, expand_ratio):
     """Hallo's ``expand_region``: grow about the centre, shift back inside the image."""
     min_x, max_x, min_y, max_y = region
-    mid_x = (max_x + min_x) // 2
-    side_x = (max_x - min_x) * expand_ratio
-    mid_y = (max_y + min_y) // 2
-    side_y = (max_y - min_y) * expand_ratio
-    min_x, max_x = mid_x - side_x // 2, mid_x + side_x // 2
-    min_y, max_y = mid_y - side_y // 2, mid_y + side_y // 2
-    if min_x < 0:
-        max_x -= min_x
-        min_x = 0
-    if max_x > image_w:
-        min_x -= max_x - image_w
-        max_x = image_w
-    if min_y < 0:
-        max_y -= min_y
-        min_y = 0
-    if max_y > image_h:
-        min_y -= max_y - image_h
-        max_y = image_h
+    min_x, max_x = _expand_axis(min_x, max_x, expand_ratio, image_w)
+    min_y, max_y = _expand_axis(min_y, max_y, expand_ratio, image_h)
     return round(min_x), round(max_x), round(min_y), round(max_y)
+
+
+def _expand_axis(lo, hi, ratio: float, limit: int):
+    """One axis of ``expand_region``: grow about the midpoint, then shift back into [0, limit]."""
+    mid, side = (hi + lo) // 2, (hi - lo) * ratio
+    lo, hi = mid - side // 2, mid + side // 2
+    if lo < 0:
+        hi, lo = hi - lo, 0
+    if hi > limit:
+        lo, hi = lo - (hi - limit), limit
+    return lo, hi
 
 
 def _landmark_box_mask(points: np.ndarray, H: int, W: int, expand_ratio: float) -> np.ndarray:
