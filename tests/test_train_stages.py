@@ -15,7 +15,7 @@ from emo_core.sampling.guidance import unconditional
 from emo_core.train import data as D
 from emo_core.train import synthetic
 from emo_core.train.init import InitError, init_animatediff, init_hallo, init_sd15, initialise
-from emo_core.train.latents import PixelLatent
+from emo_core.train.latents import build_codec
 from emo_core.train.loop import (TrainConfigError, TrainStep, build_net, conditioning, drop_conditions, load_config,
                                  schedule_for, train, _dataset)
 from emo_core.train.stages import StageError, apply_stage
@@ -42,7 +42,7 @@ def _cfg(stage: int, shards: Path, out: Path, steps: int, **init) -> dict:
 
 
 def _fixed_batch(cfg, net, n=8):
-    codec = PixelLatent(4)
+    codec = build_codec(cfg["latents"])
     ds = _dataset(cfg, net.cfg, D.list_shards(cfg["data"]["shards"]), codec.channels)
     batch = D.collate([ds[10_000 + i] for i in range(n)])
     lat = codec.encode(batch["pixels"].flatten(0, 1)).unflatten(0, batch["pixels"].shape[:2])

@@ -32,6 +32,10 @@ FPS = 25
 SR = 16000
 YAW_MAX = 40.0  # degrees
 FEATURE_SHIFT = 0.6  # eye/mouth horizontal shift at 90 degrees, in face radii
+# Mouth half-height at full loudness and half-width, in face radii: wide and tall enough that an
+# open mouth spans several 4x4-pixel cells of the PixelLatent (at 64 px a face radius is 16-20 px).
+MOUTH_OPEN = 0.5
+MOUTH_WIDTH = 0.5
 
 
 @dataclass
@@ -144,8 +148,8 @@ def render(identity: Identity, cx: float, cy: float, yaw: float, mouth: float, s
     eye_r = 0.17 * rx
     for side in (-1, 1):
         paint(ellipse(cx + side * 0.36 * rx + shift, cy - 0.25 * ry, eye_r, eye_r), identity.eyes)
-    half_h = 0.05 * rx + 0.38 * rx * float(mouth)
-    paint(ellipse(cx + shift, cy + 0.45 * ry, 0.4 * rx, half_h), (0.05, 0.0, 0.02))
+    half_h = 0.05 * rx + MOUTH_OPEN * rx * float(mouth)
+    paint(ellipse(cx + shift, cy + 0.45 * ry, MOUTH_WIDTH * rx, half_h), (0.05, 0.0, 0.02))
     return (img * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 
