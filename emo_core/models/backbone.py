@@ -81,13 +81,12 @@ class Block(nn.Module):
         self.resnets, self.attentions, self.audio_modules, self.motion_modules = (nn.ModuleList() for _ in range(4))
         scale = u.mid_block_scale_factor if kind == "mid" else 1.0
         for i in range(layers):
-            if kind == "down":
-                res_in, audio_width = (in_channels if i == 0 else out_channels), (in_channels if i == 0 else out_channels)
-            elif kind == "up":
+            # Hallo's audio layers work at the layer's input width (up blocks: the level's skip width).
+            if kind == "up":
                 skip = in_channels if i == layers - 1 else out_channels
                 res_in, audio_width = (prev_channels if i == 0 else out_channels) + skip, in_channels
             else:
-                res_in, audio_width = out_channels, out_channels
+                res_in = audio_width = in_channels if i == 0 else out_channels
             self.resnets.append(ResnetBlock2D(in_channels=res_in, out_channels=out_channels, temb_channels=temb,
                                               eps=u.norm_eps, groups=u.norm_num_groups, output_scale_factor=scale))
             if attention:
