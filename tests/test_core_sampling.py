@@ -4,7 +4,6 @@ import torch
 from diffusers import DDIMScheduler
 
 from emo_core.chaining import chain_clips, plan_clips
-from emo_core.models.backbone import Conditioning
 from emo_core.pipeline import EmoPipeline
 from emo_core.sampling.ddim import Schedule, sample_ddim
 from emo_core.sampling.guidance import batch_conditions, guided, unconditional
