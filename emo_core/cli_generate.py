@@ -94,8 +94,9 @@ def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool,
     return pipe, load_whisper(weights, device=device), accelerated
 
 
-def audio_windows(pipe, audio_model, wave, fps: float):
-    """Per-frame audio windows for this model's family: whisper (EchoMimic) or wav2vec2."""
+def audio_conditioning(pipe, audio_model, wave, fps: float):
+    """Per-frame audio conditioning for this model's family: whisper windows (EchoMimic) or
+    wav2vec2 features [T, blocks, size]."""
     a = pipe.cfg.audio
     if a.encoder == "whisper":
         from .preprocess.whisper_features import windows_for_video
@@ -103,7 +104,8 @@ def audio_windows(pipe, audio_model, wave, fps: float):
         return windows_for_video(audio_model, wave, fps, a.context)
     from .preprocess.audio_features import AudioFeatureExtractor
 
-    return AudioFeatureExtractor(audio_model, fps=fps, m=a.context).windows(wave)
+    # Per-frame features: the pipeline cuts each clip's ±m windows (memory stays 5x smaller).
+    return AudioFeatureExtractor(audio_model, fps=fps, m=a.context).encode(wave)
 
 
 def tiny_audio_model(cfg):
@@ -246,7 +248,7 @@ def main(args) -> int:
     portrait = load_portrait(args.image, size)
     mask, regions, embedding = face_conditioning(pipe, portrait, args.expand, args.no_face, face_dir)
     try:
-        windows = audio_windows(pipe, audio_model, wave, args.fps)
+        windows = audio_conditioning(pipe, audio_model, wave, args.fps)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
     del audio_model

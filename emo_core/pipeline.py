@@ -113,15 +113,29 @@ class EmoPipeline:
         features = self.net.reference_features(latent, identity) if cache else None
         return ReferenceState(image, latent, identity, features)
 
-    def audio_windows_ok(self, windows: torch.Tensor) -> torch.Tensor:
+    def audio_windows_ok(self, audio: torch.Tensor) -> torch.Tensor:
+        """Checks the audio conditioning: per-frame windows [T, window, blocks, size], or, for
+        wav2vec-family models, per-frame features [T, blocks, size] whose ±m windows are cut
+        clip by clip (5x less memory for long audio)."""
         a = self.cfg.audio
         shape = (a.window, a.feature_blocks, a.feature_dim)
-        if windows.ndim != 4 or tuple(windows.shape[1:]) != shape:
+        per_frame = a.encoder == "wav2vec2" and audio.ndim == 3 and tuple(audio.shape[1:]) == shape[1:]
+        if not per_frame and (audio.ndim != 4 or tuple(audio.shape[1:]) != shape):
             raise ValueError(f"audio features must be [frames, {shape[0]}, {shape[1]}, {shape[2]}] "
-                             f"(window, {a.encoder} blocks, size) for this model; got {tuple(windows.shape)}")
-        if windows.shape[0] < 1:
+                             f"(window, {a.encoder} blocks, size) for this model"
+                             + (f" or [frames, {shape[1]}, {shape[2]}]" if a.encoder == "wav2vec2" else "")
+                             + f"; got {tuple(audio.shape)}")
+        if audio.shape[0] < 1:
             raise ValueError("audio features cover no video frame: the audio is shorter than one frame")
-        return windows
+        return audio
+
+    def clip_windows(self, audio: torch.Tensor, frames: range) -> torch.Tensor:
+        """The windows of ``frames`` (past the end: the last frame's window, as padding)."""
+        if audio.ndim == 4:
+            return take_padded(audio, frames)
+        total, m = audio.shape[0], self.cfg.audio.context
+        centre = torch.arange(frames.start, frames.stop).clamp(max=total - 1)
+        return audio[(centre[:, None] + torch.arange(-m, m + 1)).clamp(0, total - 1)]
 
     # ---- one clip ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -133,6 +147,9 @@ class EmoPipeline:
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame. Returns latents [1, 4, f, h, w]."""
         net, f, n = self.net, audio_windows.shape[0], self.cfg.motion_frames
+        if audio_windows.ndim != 4:
+            raise ValueError(f"sample_clip takes the clip's windows [f, window, blocks, size]; got "
+                             f"{tuple(audio_windows.shape)} (see clip_windows)")
         audio = net.audio_tokens(self.audio_windows_ok(audio_windows)[None])
         face = None if face_mask is None else net.face_features(self._mask(face_mask, ref)[None])
         motion = None
@@ -179,7 +196,7 @@ class EmoPipeline:
                  guidance: float = 3.5, seed: int = 0, motion_start: str = "reference",
                  callback: Callable | None = None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly one frame per row of
-        ``audio_windows``. face_mask: [H, W] for the whole video or [T, H, W] per frame (each
+        ``audio_windows`` ([T, window, blocks, size], or wav2vec features [T, blocks, size]). face_mask: [H, W] for the whole video or [T, H, W] per frame (each
         clip uses the union of its frames' masks, as EMO). speed: [T] degrees per frame."""
         windows = self.audio_windows_ok(audio_windows)
         total = windows.shape[0]
@@ -206,7 +223,7 @@ class EmoPipeline:
             clip_speed = None if speed is None else take_padded(speed, frames)
             motion_latents = None if motion_pixels is None else self.vae.encode_images(motion_pixels)
             cb = None if callback is None else (lambda s: callback({"clip": index + 1, "clips": clips, **s}))
-            latents = self.sample_clip(ref, take_padded(windows, frames), motion_latents, face_mask=mask,
+            latents = self.sample_clip(ref, self.clip_windows(windows, frames), motion_latents, face_mask=mask,
                                        region_masks=region_masks, region_weights=region_weights, speed=clip_speed,
                                        steps=steps, guidance=guidance, generator=generator, callback=cb)
             return self.decode(latents)
