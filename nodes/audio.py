@@ -13,12 +13,13 @@ CORE_ENCODER_TOOLTIP = (
     "models need whisper-tiny's states (5 of 384): connect 'audio' for them.")
 
 
-def windows_from_core_encoder(output: dict, fps: float, m: int, blocks: int, width: int):
-    """core AUDIO_ENCODER_OUTPUT -> ([T, 2m+1, L, C] windows, seconds)."""
+def features_from_core_encoder(output: dict, fps: float, m: int, blocks: int, width: int):
+    """core AUDIO_ENCODER_OUTPUT -> ([T, L, C] per-frame features, seconds); the sampler cuts the
+    ±m windows clip by clip."""
     import torch
     import torch.nn.functional as F
 
-    from emo_core.preprocess.audio_features import SAMPLE_RATE, num_frames_for, window_features
+    from emo_core.preprocess.audio_features import SAMPLE_RATE, num_frames_for
 
     layers = output.get("encoded_audio_all_layers")
     if not layers:
@@ -35,7 +36,7 @@ def windows_from_core_encoder(output: dict, fps: float, m: int, blocks: int, wid
     t50 = feats.shape[0]
     flat = feats.reshape(t50, -1).T[None]  # [1, L*C, T50]
     per_frame = F.interpolate(flat, size=frames, mode="linear", align_corners=True)[0].T.reshape(frames, blocks, width)
-    return window_features(per_frame, m), samples / SAMPLE_RATE
+    return per_frame, samples / SAMPLE_RATE
 
 
 def whisper_windows_from_core_encoder(output: dict, fps: float, m: int, states: int, width: int):
@@ -85,7 +86,7 @@ class EmoAudioEncode:
             raise ValueError("connect exactly one of 'audio' (recommended) or 'audio_encoder_output'")
         whisper = a.encoder == "whisper"
         if audio_encoder_output is not None:
-            make = whisper_windows_from_core_encoder if whisper else windows_from_core_encoder
+            make = whisper_windows_from_core_encoder if whisper else features_from_core_encoder
             windows, seconds = make(audio_encoder_output, fps, a.context, a.feature_blocks, a.feature_dim)
             source = "comfy-audio-encoder"
         elif whisper:
@@ -104,7 +105,7 @@ class EmoAudioEncode:
             wave = from_comfy_audio(audio)
             seconds = duration_seconds(wave)
             with emo_model.audio_model() as model:
-                windows = AudioFeatureExtractor(model, fps=fps, m=a.context).windows(wave)
+                windows = AudioFeatureExtractor(model, fps=fps, m=a.context).encode(wave)
             source = "emo-wav2vec2"
         windows = windows.float().cpu().contiguous()
         out = {"windows": windows, "fps": float(fps), "frames": int(windows.shape[0]), "seconds": float(seconds),

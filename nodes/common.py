@@ -14,11 +14,11 @@ def check_model(emo_model, reference, audio=None) -> None:
         raise EmoNodeError("the EMO_REFERENCE was made by a different EMO model: connect the same "
                            "EMO Model Loader to EMO Reference Encode and to this node")
     if audio is not None:
-        a = emo_model.cfg.audio
-        want = (a.window, a.feature_blocks, a.feature_dim)
-        if tuple(audio["windows"].shape[1:]) != want:
-            raise EmoNodeError(f"EMO_AUDIO features are {tuple(audio['windows'].shape[1:])} per frame but this model "
-                               f"needs {want}: encode the audio with the same EMO model")
+        try:
+            emo_model.pipe.audio_windows_ok(audio["windows"])
+        except ValueError as exc:
+            raise EmoNodeError(f"EMO_AUDIO does not fit this model ({exc}): encode the audio with the same "
+                               "EMO model") from exc
 
 
 def face_mask_for(mask, frames: int, size) -> torch.Tensor | None:

@@ -77,7 +77,7 @@ class EmoSampleClip:
                 state = reference["state"].to(pipe.device)
                 motion_latents = None if motion_pixels is None else pipe.vae.encode_images(motion_pixels)
                 latents = pipe.sample_clip(
-                    state, take_padded(emo_audio["windows"], frames), motion_latents, face_mask=clip_mask,
+                    state, pipe.clip_windows(emo_audio["windows"], frames), motion_latents, face_mask=clip_mask,
                     region_masks=regions_for(emo_model, regions, mask, size),
                     speed=None if sp is None else take_padded(sp, frames), steps=steps, guidance=cfg,
                     generator=torch.Generator().manual_seed(seed), callback=progress)
