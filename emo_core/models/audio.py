@@ -12,6 +12,7 @@ each multiplied by its region mask at this resolution and passed through a zero-
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from einops import rearrange
@@ -51,6 +52,12 @@ def _attn(dim: int, heads: int, cross_dim: int | None = None) -> Attention:
     return a
 
 
+def pointwise(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to tokens [n, h*w, c] as the linear map it is (same weights,
+    no layout round trip)."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
 def _zero_conv(dim: int) -> nn.Conv2d:
     conv = nn.Conv2d(dim, dim, kernel_size=1)
     nn.init.zeros_(conv.weight)
@@ -75,7 +82,7 @@ class AudioBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
-    def forward(self, x, tokens, height: int, width: int, region_masks=None, region_weights=None):
+    def forward(self, x, tokens, region_masks=None, region_weights=None):
         """x [(b f), h*w, d]; tokens [(b f), t, audio_dim]; region_masks: dict region ->
         [(b f), h*w] at this resolution; region_weights: 3 scalars (full, face, lip)."""
         h = self.norm1(x)
@@ -89,8 +96,7 @@ class AudioBlock(nn.Module):
                                  "full/face/lip masks are required (see preprocess.masks)")
             for i, region in enumerate(REGIONS):
                 out = attention(getattr(self, f"attn2_{i}"), h, tokens) * region_masks[region][:, :, None].to(h.dtype)
-                out = rearrange(out, "n (h w) d -> n d h w", h=height, w=width)
-                out = rearrange(getattr(self, f"zero_conv_{region}")(out), "n d h w -> n (h w) d")
+                out = pointwise(getattr(self, f"zero_conv_{region}"), out)
                 x = x + (out if region_weights is None else region_weights[i] * out)
         return self.ff(self.norm3(x)) + x
 
@@ -112,5 +118,5 @@ class AudioAttention(nn.Module):
         _, _, height, width = x.shape
         h = rearrange(self.proj_in(self.norm(x)), "n d h w -> n (h w) d")
         for block in self.transformer_blocks:
-            h = block(h, tokens, height, width, region_masks, region_weights)
-        return self.proj_out(rearrange(h, "n (h w) d -> n d h w", h=height, w=width)) + x
+            h = block(h, tokens, region_masks, region_weights)
+        return rearrange(pointwise(self.proj_out, h), "n (h w) d -> n d h w", h=height, w=width) + x
