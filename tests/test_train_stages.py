@@ -261,3 +261,39 @@ def test_stage3_on_hallo_golden_weights_adds_speed(hallo_golden):
                 {"reference": none, "audio": none, "face": none, "identity": none}, region)
     loss.backward()
     assert {n for n, p in net.named_parameters() if p.grad is not None} == names
+
+
+def test_speed_layers_get_their_own_learning_rate_and_resume(shards, tmp_path):
+    from safetensors import safe_open
+
+    cfg = _cfg(3, shards, tmp_path / "s", 2)
+    cfg["optim"]["speed_lr_scale"] = 10.0
+    net, _, _ = build_net(cfg)
+    names = apply_stage(net, 3)
+    r = train(cfg, log=lambda s: None)
+    with safe_open(str(r.final / "optimizer.safetensors"), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["state"])
+    groups = meta["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(0.001), pytest.approx(0.01)]
+    speed = meta["names"][len(groups[0]["params"]):]
+    assert speed and all(n.startswith("speed_encoder.") or ".speed_" in n for n in speed)
+    assert sorted(meta["names"]) == sorted(names)  # the same trained set, only grouped
+    cfg["train"]["max_steps"] = 3
+    r = train(cfg, log=lambda s: None)  # resumes with the grouped optimizer state
+    assert r.steps == 3
+
+
+def test_reference_shift_moves_the_reference_face_inside_the_frame(shards):
+    import random
+
+    ds = D.ClipDataset(D.list_shards([str(shards)]), frames=2, motion=1, reference_shift=1.0,
+                       motion_reference_prob=1.0, with_audio=False)
+    for key in range(6):
+        it = ds[key]
+        assert torch.equal(it["pixels"][0], it["reference"])  # motion copies are the shifted reference
+    img = torch.full((3, 64, 64), -1.0)
+    img[:, 10:20, 30:40] = 1.0
+    out = D.shift_face(img, (30, 10, 40, 20), random.Random(0))
+    ys, xs = torch.nonzero(out[0] > 0, as_tuple=True)
+    assert len(ys) == 100 and xs.max() - xs.min() == 9 and ys.max() - ys.min() == 9
+    assert float(out.min()) == -1.0

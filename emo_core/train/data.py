@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 import tempfile
@@ -221,6 +222,21 @@ def box_mask(boxes: torch.Tensor, size: int, expand: float = 1.2) -> torch.Tenso
     return mask
 
 
+def shift_face(image: torch.Tensor, box, rng: random.Random) -> torch.Tensor:
+    """``image`` [3, S, S] translated so its face ``box`` (x0, y0, x1, y1) lands at a random place
+    inside the frame; the uncovered border repeats the edge pixels (exact for plain backgrounds).
+    Teaches the model to put the face where the face locator says, not where the reference has it."""
+    s = image.shape[-1]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    lo_x, hi_x, lo_y, hi_y = math.ceil(-x0), math.floor(s - x1), math.ceil(-y0), math.floor(s - y1)
+    dx = rng.randint(lo_x, hi_x) if hi_x >= lo_x else 0
+    dy = rng.randint(lo_y, hi_y) if hi_y >= lo_y else 0
+    if dx == 0 and dy == 0:
+        return image
+    x = torch.nn.functional.pad(image[None], (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")[0]
+    return x[:, max(-dy, 0):max(-dy, 0) + s, max(-dx, 0):max(-dx, 0) + s].contiguous()
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """EMO training items drawn deterministically from a key (an integer seed).
 
@@ -236,7 +252,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, shards: Sequence[ShardInfo], *, frames: int, motion: int = 0, size: int | None = None,
                  audio_context: int = 2, audio_encoder: Callable | None = None, mask_expand: float = 1.2,
-                 motion_reference_prob: float = 0.0, with_audio: bool = True):
+                 motion_reference_prob: float = 0.0, with_audio: bool = True, reference_shift: float = 0.0):
         if not shards:
             raise ShardError("no shards to train on")
         need = frames + motion
@@ -253,6 +269,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.mask_expand = mask_expand
         self.motion_reference_prob = motion_reference_prob
         self.with_audio = with_audio
+        self.reference_shift = reference_shift
         self.weights = np.array([s.info.num_frames - need + 1 for s in self.shards], np.float64)
         self.weights /= self.weights.sum()
         self._audio_cache: dict[int, torch.Tensor] = {}
@@ -293,11 +310,13 @@ class ClipDataset(torch.utils.data.Dataset):
         idx = list(range(start, start + need))
         pix = self._pixels(sh.frames(idx + [ref_idx]))
         pixels, reference = pix[:-1], pix[-1]
+        boxes = sh.tensor("boxes")
+        scale = self.size / sh.info.size
+        if self.reference_shift > 0 and rng.random() < self.reference_shift:
+            reference = shift_face(reference, boxes[ref_idx] * scale, rng)  # motion copies below use it too
         motion_is_ref = self.motion > 0 and rng.random() < self.motion_reference_prob
         if motion_is_ref:
             pixels[: self.motion] = reference
-        boxes = sh.tensor("boxes")
-        scale = self.size / sh.info.size
         clip = slice(start + self.motion, start + need)
         item = {
             "pixels": pixels,

@@ -45,11 +45,12 @@ DEFAULTS: dict = {
     "model": {"preset": "emo", "with_speed": None, "overrides": {}, "file": None},
     "init": {},
     "data": {"shards": [], "validation_shards": None, "size": None, "frames": None, "motion_frames": None,
-             "motion_reference_prob": 0.25, "mask_expand": 1.2, "wav2vec": None, "workers": 0},
+             "motion_reference_prob": 0.25, "mask_expand": 1.2, "wav2vec": None, "workers": 0,
+             "reference_shift": 0.0},
     "latents": {"kind": "vae", "path": None, "pool": 4, "scale": 1.0},
     "schedule": {},
     "optim": {"lr": 1e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "max_grad_norm": 1.0,
-              "warmup_steps": 0},
+              "warmup_steps": 0, "speed_lr_scale": 1.0},
     "train": {"batch_size": 4, "gradient_accumulation": 1, "max_steps": 1000, "mixed_precision": "no",
               "gradient_checkpointing": False, "seed": 42},
     "dropout": {"all": 0.05, "reference": 0.0, "audio": 0.05, "face": 0.0},
@@ -58,6 +59,9 @@ DEFAULTS: dict = {
     "output": {"dir": None, "checkpoint_every": 500, "keep_checkpoints": 3, "log_every": 10, "validate_every": 0,
                "validation_items": 2, "validation_steps": 20, "validation_cfg": 3.5, "progress": True},
 }
+
+
+SPEED_PARAM = re.compile(r"(^speed_encoder\.|\.speed_(attention|norm)\.)")
 
 
 class TrainConfigError(ValueError):
@@ -401,7 +405,8 @@ def _dataset(cfg: dict, ec: EmoConfig, shards, codec_channels: int) -> D.ClipDat
         encoder = lambda wave, n: ext.encode(wave, n)
     ds = D.ClipDataset(shards, frames=frames, motion=motion, size=d["size"], audio_context=ec.audio.context,
                        audio_encoder=encoder, mask_expand=d["mask_expand"],
-                       motion_reference_prob=d["motion_reference_prob"], with_audio=stage >= 2)
+                       motion_reference_prob=d["motion_reference_prob"], with_audio=stage >= 2,
+                       reference_shift=float(d.get("reference_shift", 0.0)))
     if ds.size % ec.size_multiple:
         raise TrainConfigError(f"frame size {ds.size} must be a multiple of {ec.size_multiple} for this model "
                                "(set data.size)")
@@ -463,7 +468,14 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
     step_module = TrainStep(net, schedule, stage)
     params = dict(net.named_parameters())
     o_cfg = cfg["optim"]
-    optimizer = torch.optim.AdamW([params[n] for n in names], lr=o_cfg["lr"], betas=tuple(o_cfg["betas"]),
+    # the speed layers (speed encoder, temporal speed attention) may learn faster: they start from a
+    # zero output projection and the speed signal is small next to the denoising loss
+    speed_names = [n for n in names if SPEED_PARAM.search(n)]
+    scale = float(o_cfg.get("speed_lr_scale", 1.0))
+    groups = [names] if scale == 1.0 or not speed_names else [[n for n in names if n not in set(speed_names)], speed_names]
+    opt_names = [n for g in groups for n in g]  # the optimizer's parameter order (its state's indices)
+    optimizer = torch.optim.AdamW([{"params": [params[n] for n in g], "lr": o_cfg["lr"] * (scale if i else 1.0)}
+                                   for i, g in enumerate(groups) if g], lr=o_cfg["lr"], betas=tuple(o_cfg["betas"]),
                                   eps=o_cfg["eps"], weight_decay=o_cfg["weight_decay"])
     warm = max(0, int(o_cfg["warmup_steps"]))
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
@@ -475,7 +487,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
         opt_file = resume_from / "optimizer.safetensors"
         with safe_open(str(opt_file), framework="pt") as fh:
             ometa = json.loads(fh.metadata()["state"])
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(opt_file)), ometa, names))
+        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(opt_file)), ometa, opt_names))
         sched.last_epoch = start_step - 1
         sched.step()
     if main:
@@ -563,7 +575,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
                 validate(acc.unwrap_model(step_module).net, codec, schedule, val_ds, cfg, step, out / "samples")
             acc.wait_for_everyone()
         if step % int(o["checkpoint_every"]) == 0 or step == t["max_steps"]:
-            _save(acc, step_module, optimizer, ec, cfg, step, names, out, keep=int(o["keep_checkpoints"]))
+            _save(acc, step_module, optimizer, ec, cfg, step, opt_names, out, keep=int(o["keep_checkpoints"]))
     if bar is not None:
         bar.close()
     final = out / f"checkpoint-{step:06d}"
