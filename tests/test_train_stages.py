@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from emo_core.__main__ import main as cli
 from emo_core.models.attention import ReferenceFeatures

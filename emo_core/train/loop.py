@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, EmoConfig, SpeedConfig
+from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning
 from ..models.emo import EmoNet
