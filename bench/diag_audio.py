@@ -28,6 +28,16 @@ from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
 
 
 @torch.no_grad()
+def load_trained(run: Path, configs: Path, stage: int):
+    """The newest checkpoint of ``run``'s stage with its tiny config: (net, EmoConfig, codec, schedule, config)."""
+    cfg = load_config(configs / f"tiny_stage{stage}.json", ['data.shards=["x"]', 'output.dir="x"'])
+    cfg["init"] = {}
+    net, ec, _ = build_net(cfg)
+    ck = sorted((run / f"stage{stage}").glob("checkpoint-*"))[-1]
+    net.load_state_dict(read_checkpoint(ck)[0])
+    return net.eval(), ec, build_codec(cfg["latents"]), schedule_for(cfg, ec), cfg
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("run")
@@ -36,16 +46,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=16)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    run = Path(args.run)
-    cfg = load_config(Path(args.configs) / f"tiny_stage{args.stage}.json",
-                      ['data.shards=["x"]', 'output.dir="x"'])
-    cfg["init"] = {}
-    net, ec, _ = build_net(cfg)
-    ck = sorted((run / f"stage{args.stage}").glob("checkpoint-*"))[-1]
-    net.load_state_dict(read_checkpoint(ck)[0])
-    net.eval()
-    codec = build_codec(cfg["latents"])
-    sched = schedule_for(cfg, ec)
+    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage)
     ac = sched.alphas_cumprod()
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask

@@ -21,10 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emo_core.train import synthetic as S  # noqa: E402
-from emo_core.train.init import read_checkpoint  # noqa: E402
-from emo_core.train.latents import build_codec  # noqa: E402
-from emo_core.train.loop import build_net, conditioning, generate_clip, load_config, schedule_for  # noqa: E402
+from emo_core.train.loop import conditioning, generate_clip  # noqa: E402
 from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
+from diag_audio import load_trained  # noqa: E402  (same folder)
 
 
 def clip_speed(yaw):
@@ -46,15 +45,7 @@ def main(argv=None):
     p.add_argument("--no-sampling", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    run = Path(args.run)
-    cfg = load_config(Path(args.configs) / "tiny_stage3.json", ['data.shards=["x"]', 'output.dir="x"'])
-    cfg["init"] = {}
-    net, ec, _ = build_net(cfg)
-    ck = sorted((run / "stage3").glob("checkpoint-*"))[-1]
-    net.load_state_dict(read_checkpoint(ck)[0])
-    net.eval()
-    codec = build_codec(cfg["latents"])
-    sched = schedule_for(cfg, ec)
+    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), 3)
     ac = sched.alphas_cumprod()
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask
