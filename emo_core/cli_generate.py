@@ -89,8 +89,8 @@ def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool,
         raise FileNotFoundError(f"no VAE in {weights}: put SD's sd-vae-ft-mse folder there (config.json + weights, "
                                 "e.g. from huggingface.co/stabilityai/sd-vae-ft-mse)")
     net = load_echomimic(weights, accelerated=accelerated, device=device, dtype=dtype)
-    pipe = EmoPipeline(net, load_vae(vae_dir, device=device), Schedule.hallo() if net.cfg.prediction_type ==
-                       "v_prediction" else Schedule(), device=device, dtype=dtype)
+    pipe = EmoPipeline(net, load_vae(vae_dir, device=device), Schedule.for_prediction(net.cfg.prediction_type),
+                       device=device, dtype=dtype)
     return pipe, load_whisper(weights, device=device), accelerated
 
 

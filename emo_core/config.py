@@ -202,8 +202,9 @@ class EmoConfig:
     context_overlap: int = 0
 
     def __post_init__(self):
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got "
+                              f"{self.prediction_type!r}")
         if self.clip_frames < 1 or self.motion_frames < 0:
             raise ConfigError(f"clip_frames must be >= 1 and motion_frames >= 0, got {self.clip_frames}, {self.motion_frames}")
         total = self.clip_frames + self.motion_frames

@@ -68,7 +68,7 @@ class EmoPipeline:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             net = EmoNet(EmoConfig.tiny(family=family, speed=family != "hallo"))
-        schedule = Schedule.hallo() if net.cfg.prediction_type == "v_prediction" else Schedule()
+        schedule = Schedule.for_prediction(net.cfg.prediction_type)
         return cls(net, tiny_vae(seed), schedule, device=device)
 
     @classmethod
@@ -89,7 +89,7 @@ class EmoPipeline:
                 raise FileNotFoundError(f"no VAE in {folder}: put the sd-vae-ft-mse folder there or pass a VAE")
             vae = load_vae(sub, device=device)
         if schedule is None:
-            schedule = Schedule.hallo() if net.cfg.prediction_type == "v_prediction" else Schedule()
+            schedule = Schedule.for_prediction(net.cfg.prediction_type)
         return cls(net, vae, schedule, device=device, dtype=dtype)
 
     # ---- inputs ------------------------------------------------------------------------------

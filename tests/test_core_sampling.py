@@ -223,3 +223,26 @@ def test_per_frame_features_equal_precomputed_windows():
             for audio in (feats, window_features(feats, a.context))]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
     assert runs[0].shape[0] == 11
+
+
+def test_x0_prediction_schedule_and_ddim_round_trip():
+    from emo_core.sampling.ddim import predicted_x0_and_eps
+
+    s = Schedule.for_prediction("sample")
+    assert s.prediction_type == "sample" and s.rescale_betas_zero_snr and s.timestep_spacing == "trailing"
+    assert Schedule.for_prediction("epsilon") == Schedule() and Schedule.for_prediction("v_prediction") == Schedule.hallo()
+    with pytest.raises(ValueError, match="prediction_type"):
+        Schedule(prediction_type="x0")
+    # x0 and eps read back from an x0 output are the ones that made x_t
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(2, 4, 8, generator=g, dtype=torch.float64), torch.randn(2, 4, 8, generator=g, dtype=torch.float64)
+    a = s.alphas_cumprod().double()[300]
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    got_x0, got_eps = predicted_x0_and_eps(x0, xt, a, "sample")
+    torch.testing.assert_close(got_x0, x0)
+    torch.testing.assert_close(got_eps, eps)
+    # a model that always answers the clean sample: deterministic DDIM ends exactly on it (with a
+    # step count dividing 1000 the last step lands on alpha = 1, as in diffusers)
+    target = torch.randn(1, 4, 2, 4, 4, generator=g, dtype=torch.float64)
+    out = sample_ddim(lambda x, t: target, torch.randn(target.shape, generator=g, dtype=torch.float64), s, 20)
+    torch.testing.assert_close(out, target)

@@ -297,3 +297,68 @@ def test_reference_shift_moves_the_reference_face_inside_the_frame(shards):
     ys, xs = torch.nonzero(out[0] > 0, as_tuple=True)
     assert len(ys) == 100 and xs.max() - xs.min() == 9 and ys.max() - ys.min() == 9
     assert float(out.min()) == -1.0
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_snr_gamma_weights_the_x0_error_by_truncated_one_plus_snr(prediction):
+    from emo_core.sampling.ddim import Schedule
+    from emo_core.train.loop import loss_weights
+
+    s = Schedule.for_prediction(prediction)
+    assert loss_weights(s, None) is None
+    w = loss_weights(s, 5.0).double()
+    snr = s.snr().double()
+    native = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction]
+    x0_weight = w * native  # what one unit of squared x0 error costs at each timestep
+    ok = snr > 1e-6  # epsilon is undefined at a zero-SNR terminal step
+    torch.testing.assert_close(x0_weight[ok], (snr[ok] + 1).clamp(max=5.0), rtol=1e-5, atol=1e-6)
+    assert float(x0_weight.max()) <= 5.0 + 1e-4
+    with pytest.raises(TrainConfigError, match="snr_gamma"):
+        loss_weights(s, 0.5)
+
+
+def test_x0_prediction_trains_and_weighted_loss_matches_by_hand(shards, tmp_path):
+    cfg = _cfg(1, shards, tmp_path / "s", 4)
+    cfg["model"]["overrides"]["prediction_type"] = "sample"
+    cfg["optim"]["snr_gamma"] = 3.0
+    net, _, _ = build_net(cfg)
+    sched = schedule_for(cfg, net.cfg)
+    assert sched.prediction_type == "sample"  # the hallo preset follows the model's prediction type
+    b = _fixed_batch(cfg, net)
+    none = torch.zeros(b["clip"].shape[0], dtype=torch.bool)
+    drop = {"reference": none, "audio": none, "face": none, "identity": none}
+    step = TrainStep(net, sched, 1, 3.0)
+    with torch.no_grad():
+        loss = step(b["clip"], b["ref"], b["motion"], b["mask"], b["audio"], b["speed"], b["noise"], b["t"], drop)
+        a = sched.alphas_cumprod()[b["t"]].view(-1, 1, 1, 1, 1)
+        cond, null = conditioning(net, b["ref"], b["motion"], b["mask"], None, None)
+        pred = net(a.sqrt() * b["clip"] + (1 - a).sqrt() * b["noise"], b["t"], cond)
+        per = (pred - b["clip"]).pow(2).flatten(1).mean(1)
+        snr = sched.snr()[b["t"]]
+    torch.testing.assert_close(loss, (per * (snr + 1).clamp(max=3.0)).mean(), rtol=1e-5, atol=1e-6)
+    r = train(cfg, log=lambda s: None)
+    assert r.steps == 4 and all(torch.isfinite(torch.tensor(r.losses)))
+
+
+def test_synthetic_head_speed_changes_within_a_video_and_reads_back():
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    speeds = synthetic.speed_schedule(rng, 200, (1.0, 4.0, 8.0))
+    changes = np.flatnonzero(np.diff(speeds))
+    assert len(changes) >= 10 and set(np.unique(speeds)) <= {1.0, 4.0, 8.0}
+    assert np.diff(np.concatenate([[-1], changes, [199]])).min() >= 6  # segments of 6-16 frames
+    ident = synthetic.Identity.random(rng)
+    v = synthetic.make_video(rng, ident, 40, 64, speeds[:40])
+    yaw = v["yaw"]
+    assert np.abs(yaw).max() <= synthetic.YAW_MAX + 1e-9
+    step = np.abs(np.diff(yaw))
+    away = np.abs(yaw[1:]) < synthetic.YAW_MAX - 8.5  # frames that did not turn back at a limit
+    np.testing.assert_allclose(step[away], speeds[1:40][away], atol=1e-9)
+    np.testing.assert_allclose(v["speed"][1:], step, atol=1e-5)  # the shard's speed is the rendered one
+    read = np.array([synthetic.measure_frame(f, ident)["yaw"] for f in v["frames"]])
+    assert np.corrcoef(read, yaw)[0, 1] > 0.9
+    # a constant speed is still the triangle wave the held-out cases use
+    const = synthetic.yaw_track(np.random.default_rng(0), 30, 3.0)
+    tri = synthetic.yaw_track(np.random.default_rng(0), 30, np.full(30, 3.0))
+    np.testing.assert_allclose(const, tri)

@@ -4,8 +4,11 @@ A temporal module attends across frames at every spatial position: tokens are la
 as ``(b h w) f c``. Before it runs, the motion frames' features (from ReferenceNet) are
 joined in front of the clip's frames and cut off again afterwards, which is what chains
 clips into a continuous video. EMO's speed layers are one more cross-attention inside
-each temporal block, whose keys/values are per-frame speed tokens; its output projection
-starts at zero so a model without trained speed layers behaves exactly as before.
+each temporal block, whose keys/values are per-frame speed tokens; it runs before the
+temporal self-attention, so the speed changes the queries and keys that decide how the
+frames attend to each other (placed after it, it can only add a per-frame offset that no
+later frame-to-frame attention in the block sees). Its output projection starts at zero so
+a model without trained speed layers behaves exactly as before.
 
 Checkpoint keys follow AnimateDiff: ``temporal_transformer.{norm,proj_in,proj_out}``,
 ``transformer_blocks.N.{attention_blocks.K,norms.K,ff,ff_norm}``, ``pos_encoder.pe``.
@@ -70,11 +73,12 @@ class TemporalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, speed_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """x [(b h w), f, c]; speed_tokens [(b h w), f, speed_dim] or None."""
+        if self.speed_attention is not None and speed_tokens is not None:
+            # before the frames attend to each other, so the speed shapes how far they look
+            x = attention(self.speed_attention, self.speed_norm(x), speed_tokens) + x
         for attn, norm in zip(self.attention_blocks, self.norms):
             h = attn.pos_encoder(norm(x))
             x = attention(attn, h, h) + x
-        if self.speed_attention is not None and speed_tokens is not None:
-            x = attention(self.speed_attention, self.speed_norm(x), speed_tokens) + x
         return self.ff(self.ff_norm(x)) + x
 
 

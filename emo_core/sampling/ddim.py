@@ -9,7 +9,7 @@ the reference numbers. ``ddim_step`` is pure; ``sample_ddim`` is the loop.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,11 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     abar = abar_sqrt ** 2
     alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
     return 1 - alphas
+
+
+# What the network predicts (diffusers' names): the noise, v = sqrt(a) eps - sqrt(1-a) x0
+# (Salimans & Ho, 2022), or the clean latent x0 itself ("sample").
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,8 @@ class Schedule:
     def __post_init__(self):
         if self.beta_schedule not in ("linear", "scaled_linear"):
             raise ValueError(f"beta_schedule must be 'linear' or 'scaled_linear', got {self.beta_schedule!r}")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.timestep_spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"timestep_spacing must be leading, trailing or linspace, got {self.timestep_spacing!r}")
         if self.clip_sample:
@@ -54,6 +59,19 @@ class Schedule:
     def hallo(cls) -> "Schedule":
         return cls(beta_schedule="linear", prediction_type="v_prediction", rescale_betas_zero_snr=True,
                    timestep_spacing="trailing")
+
+    @classmethod
+    def for_prediction(cls, prediction_type: str) -> "Schedule":
+        """The sampling schedule a model trained for ``prediction_type`` expects: SD's for epsilon,
+        Hallo's zero-terminal-SNR trailing schedule for v and x0 prediction."""
+        if prediction_type == "epsilon":
+            return cls()
+        return replace(cls.hallo(), prediction_type=prediction_type)
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) per training timestep."""
+        a = self.alphas_cumprod().double()
+        return (a / (1 - a)).float()
 
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "Schedule":
@@ -89,10 +107,12 @@ class Schedule:
 
 
 def predicted_x0_and_eps(output, x, alpha_prod_t, prediction_type):
-    """Model output -> (x0, eps) for epsilon or v prediction (Salimans & Ho, 2022)."""
+    """Model output -> (x0, eps) for epsilon, v (Salimans & Ho, 2022) or x0 ("sample") prediction."""
     beta_prod_t = 1 - alpha_prod_t
     if prediction_type == "epsilon":
         return (x - beta_prod_t ** 0.5 * output) / alpha_prod_t ** 0.5, output
+    if prediction_type == "sample":
+        return output, (x - alpha_prod_t ** 0.5 * output) / beta_prod_t ** 0.5
     return alpha_prod_t ** 0.5 * x - beta_prod_t ** 0.5 * output, alpha_prod_t ** 0.5 * output + beta_prod_t ** 0.5 * x
 
 

@@ -49,7 +49,7 @@ DEFAULTS: dict = {
     "latents": {"kind": "vae", "path": None, "pool": 4, "scale": 1.0},
     "schedule": {},
     "optim": {"lr": 1e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "max_grad_norm": 1.0,
-              "warmup_steps": 0, "speed_lr_scale": 1.0},
+              "warmup_steps": 0, "speed_lr_scale": 1.0, "snr_gamma": None},
     "train": {"batch_size": 4, "gradient_accumulation": 1, "max_steps": 1000, "mixed_precision": "no",
               "gradient_checkpointing": False, "seed": 42},
     "dropout": {"all": 0.05, "reference": 0.0, "audio": 0.05, "face": 0.0},
@@ -138,7 +138,7 @@ def schedule_for(cfg: dict, ec: EmoConfig) -> Schedule:
     s = dict(cfg["schedule"])
     if "preset" in s:
         base = Schedule.hallo() if s.pop("preset") == "hallo" else Schedule()
-        s = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **s}
+        s = {**{f: getattr(base, f) for f in base.__dataclass_fields__ if f != "prediction_type"}, **s}
     s.setdefault("prediction_type", ec.prediction_type)
     if s["prediction_type"] != ec.prediction_type:
         raise TrainConfigError(f"schedule.prediction_type {s['prediction_type']!r} differs from the model's "
@@ -208,23 +208,46 @@ def region_masks_for(mask: torch.Tensor, levels: int) -> dict:
 class TrainStep(nn.Module):
     """Loss of one batch; wraps the net so DDP/FSDP see every trained module in ``forward``."""
 
-    def __init__(self, net: EmoNet, schedule: Schedule, stage: int):
+    def __init__(self, net: EmoNet, schedule: Schedule, stage: int, snr_gamma: float | None = None):
         super().__init__()
         self.net = net
         self.stage = stage
         self.prediction_type = schedule.prediction_type
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod(), persistent=False)
+        self.register_buffer("loss_weights", loss_weights(schedule, snr_gamma), persistent=False)
 
     def forward(self, clip_latents, ref_latents, motion_latents, mask, audio, speed, noise, timesteps, drop,
                 region_masks=None):
         a = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1).to(clip_latents.dtype)
         noisy = a.sqrt() * clip_latents + (1 - a).sqrt() * noise
-        target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * clip_latents
+        target = {"epsilon": noise, "sample": clip_latents}.get(self.prediction_type)
+        if target is None:
+            target = a.sqrt() * noise - (1 - a).sqrt() * clip_latents
         cond, null_identity = conditioning(self.net, ref_latents, motion_latents, mask, audio, speed,
                                            region_masks=region_masks)
         cond = drop_conditions(cond, null_identity, drop)
         pred = self.net(noisy, timesteps, cond)
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
+        if self.loss_weights is None:
+            return torch.nn.functional.mse_loss(pred.float(), target.float())
+        per_item = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        return (per_item * self.loss_weights[timesteps]).mean()
+
+
+def loss_weights(schedule: Schedule, snr_gamma: float | None) -> torch.Tensor | None:
+    """Per-timestep weights of the MSE on the raw target for ``optim.snr_gamma`` (None: unweighted).
+
+    Measured as an error on x0, the unweighted losses weight timestep t by SNR (epsilon), 1 + SNR
+    (v) or 1 (x0): the v weighting truncated at gamma, min(1 + SNR, gamma) (min-SNR weighting,
+    Hang et al. 2023, kept finite at the zero-SNR terminal step), is applied whatever the model
+    predicts."""
+    if snr_gamma is None:
+        return None
+    if snr_gamma < 1:
+        raise TrainConfigError(f"optim.snr_gamma must be >= 1 (or null), got {snr_gamma}")
+    snr = schedule.snr().double()
+    x0_weight = (snr + 1).clamp(max=float(snr_gamma))
+    native = {"epsilon": snr.clamp(min=1e-8), "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
+    return (x0_weight / native[schedule.prediction_type]).float()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -464,7 +487,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
     if cfg["data"]["validation_shards"]:
         val_ds = _dataset(cfg, ec, D.list_shards(cfg["data"]["validation_shards"]), codec.channels)
 
-    step_module = TrainStep(net, schedule, stage)
+    step_module = TrainStep(net, schedule, stage, cfg["optim"]["snr_gamma"])
     params = dict(net.named_parameters())
     o_cfg = cfg["optim"]
     # the speed layers (speed encoder, temporal speed attention) may learn faster: they start from a

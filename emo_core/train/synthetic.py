@@ -5,8 +5,9 @@ plain background. Over time:
 
 - the mouth opening follows the loudness of the video's audio track: a harmonic "voice"
   whose amplitude follows a random syllable envelope (silences and bursts);
-- the head turns left and right (yaw, a triangle wave between +-``YAW_MAX``) at a constant
-  speed in degrees per frame: the eyes and mouth slide across the face oval as sin(yaw);
+- the head turns left and right (yaw between +-``YAW_MAX``, turning back at the limits) at a
+  speed in degrees per frame that changes every 6-16 frames: the eyes and mouth slide across
+  the face oval as sin(yaw);
 - the face drifts slowly across the frame, so the face-locator box, not the reference
   image, says where the face is.
 
@@ -101,12 +102,26 @@ def audio_features(wave: np.ndarray, num_frames: int, blocks: int = 2, dim: int 
     return ((np.log10(bands + 1e-6) + 3.0) / 3.0).astype(np.float32)
 
 
-def yaw_track(rng: np.random.Generator, n: int, speed: float) -> np.ndarray:
-    """Triangle wave in [-YAW_MAX, YAW_MAX] moving ``speed`` degrees per frame."""
+def yaw_track(rng: np.random.Generator, n: int, speed) -> np.ndarray:
+    """Yaw in [-YAW_MAX, YAW_MAX] moving ``speed`` degrees per frame (a number, or one per frame),
+    turning back at the limits: a triangle wave for a constant speed."""
     period = 4 * YAW_MAX
-    phase = rng.uniform(0, period) + speed * np.arange(n)
+    step = np.broadcast_to(np.asarray(speed, np.float64), (n,))
+    phase = rng.uniform(0, period) + np.concatenate([[0.0], np.cumsum(step[1:])])
     u = np.mod(phase, period)
     return np.where(u < 2 * YAW_MAX, u - YAW_MAX, 3 * YAW_MAX - u)
+
+
+def speed_schedule(rng: np.random.Generator, n: int, speeds, segment=(6, 17)) -> np.ndarray:
+    """Per-frame head speed that changes every 6-16 frames to another of ``speeds``, so the
+    motion frames of a clip do not tell the speed of the frames that follow them."""
+    out = np.empty(n)
+    i = 0
+    while i < n:
+        length = int(rng.integers(*segment))
+        out[i:i + length] = float(rng.choice(speeds))
+        i += length
+    return out
 
 
 def yaw_rotation(yaw_deg: np.ndarray) -> np.ndarray:
@@ -163,8 +178,9 @@ def face_path(rng: np.random.Generator, identity: Identity, n: int, size: int) -
     return a + (b - a) * np.linspace(0, 1, n)[:, None]
 
 
-def make_video(rng: np.random.Generator, identity: Identity, n: int, size: int, speed: float,
+def make_video(rng: np.random.Generator, identity: Identity, n: int, size: int, speed,
                blocks: int = 2, dim: int = 8) -> dict:
+    """One video; ``speed`` in degrees per frame, a number or one per frame."""
     env = syllable_envelope(rng, n)
     wave = voice(rng, env)
     yaw = yaw_track(rng, n, speed)
@@ -185,7 +201,7 @@ def make_dataset(out_dir, videos: int, frames: int, size: int = 64, seed: int = 
     entries, paths = [], []
     for i in range(videos):
         ident = Identity.random(rng)
-        v = make_video(rng, ident, frames, size, float(rng.choice(speeds)), blocks, dim)
+        v = make_video(rng, ident, frames, size, speed_schedule(rng, frames, speeds), blocks, dim)
         name = f"synthetic_{seed}_{i:04d}.safetensors"
         paths.append(write_shard(out / name, v["frames"], v["boxes"], v["rotations"], v["speed"], fps=FPS,
                                  source=f"synthetic seed {seed} #{i}", audio_features=v["audio_features"],
