@@ -24,15 +24,12 @@ from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.loop import conditioning, generate_clip  # noqa: E402
 from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
 from diag_audio import load_trained  # noqa: E402  (same folder)
-
-
-def clip_speed(yaw):
-    t = np.arange(len(yaw), dtype=np.float64)
-    return float(abs(np.polyfit(t, yaw, 1)[0]))
+from learning import clip_speed  # noqa: E402
 
 
 def speeds_of(img, idents):
-    return [clip_speed(np.array([S.measure_frame(im, idents[i])["yaw"] for im in img[i]])) for i in range(len(img))]
+    return [clip_speed(np.array([S.measure_frame(im, idents[i])["yaw"] for im in img[i]]), img.shape[1])
+            for i in range(len(img))]
 
 
 @torch.no_grad()

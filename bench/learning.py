@@ -5,14 +5,16 @@ talking faces learn what EMO claims? (A benchmark, not a CI test: about 20-30 mi
 
 Trains ``emo_core/train/configs/tiny_stage{1,2,3}.json`` on a synthetic set
 (``emo_core.train.synthetic``: identities = colours/shapes, mouth opening = audio loudness,
-head yaw speed = the speed condition, face drifting across the frame), then samples held-out
-identities and audio with DDIM + CFG and prints, for the untrained and the trained model:
+head yaw speed = the speed condition, changing every 6-16 frames; face drifting across the
+frame), then samples held-out identities and audio with DDIM + CFG, each video as ``--clips``
+clips chained by motion frames (the first clip's motion frames are reference copies), and
+prints, for the untrained and the trained model:
 
 - mouth/loudness correlation (Pearson, over all generated frames; goal >= 0.7)
 - reference-colour error (mean |face colour - reference face colour|, 0..1)
 - measured head speed for each asked speed (should rise with it): per clip the |slope| of a
-  line fitted to the per-frame yaw read from the face geometry, so jitter averages out
-  (mean |d yaw|, which counts jitter as motion, is printed too)
+  line fitted to the per-frame yaw read from the face geometry, so jitter averages out,
+  averaged over the clips (mean |d yaw|, which counts jitter as motion, is printed too)
 - face centre inside the face-locator box and nearer its centre than the reference's face
   position (fraction of frames; the box is on the other side of the frame)
 
@@ -42,10 +44,11 @@ from emo_core.train.init import read_checkpoint  # noqa: E402
 CONFIGS = ROOT / "emo_core" / "train" / "configs"
 
 
-def eval_cases(n: int, frames: int, motion: int, size: int, speeds, seed: int = 10_000):
-    """Held-out identities and audio (seeds never used for training)."""
+def eval_cases(n: int, frames: int, motion: int, size: int, speeds, seed: int = 10_000, clips: int = 1):
+    """Held-out identities and audio (seeds never used for training), ``clips * frames`` frames each."""
     rng = np.random.default_rng(seed)
     cases = []
+    total = frames * clips
     for i in range(n):
         ident = S.Identity.random(rng)
         rx = ident.radius * size
@@ -54,15 +57,15 @@ def eval_cases(n: int, frames: int, motion: int, size: int, speeds, seed: int = 
         bx = size - ax  # ... the locator box at the other
         cy = rng.uniform(ry + 1, size - ry - 1)
         ref = S.render(ident, ax, cy, 0.0, 0.0, size)
-        env = S.syllable_envelope(rng, frames + 4)[2:2 + frames]
-        env = np.clip(env + rng.uniform(0, 1, frames) * (env.std() < 0.1), 0, 1)  # some variation in every clip
+        env = S.syllable_envelope(rng, total + 4)[2:2 + total]
+        env = np.clip(env + rng.uniform(0, 1, total) * (env.std() < 0.1), 0, 1)  # some variation in every clip
         wave = S.voice(rng, env)
-        feats = S.audio_features(wave, frames)
+        feats = S.audio_features(wave, total)
         speed = float(speeds[i % len(speeds)])
-        yaw = S.yaw_track(rng, frames, speed)
+        yaw = S.yaw_track(rng, total, speed)
         truth = np.stack([S.render(ident, bx, cy, y, e, size) for y, e in zip(yaw, env)])
         cases.append({"identity": ident, "reference": ref, "box": S.face_box(ident, bx, cy, size),
-                      "centre": (bx, cy), "ref_centre": (ax, cy), "loudness": S.loudness(wave, frames), "features": feats,
+                      "centre": (bx, cy), "ref_centre": (ax, cy), "loudness": S.loudness(wave, total), "features": feats,
                       "speed": speed, "truth": truth})
     return cases
 
@@ -71,16 +74,19 @@ def _pix(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
 
 
-def clip_speed(yaw: np.ndarray) -> float:
-    """Head speed of one clip from its per-frame measured yaw (degrees): the absolute slope of a
-    least-squares line through the yaw track, so frame-to-frame jitter averages out instead of
-    adding to the speed (mean |d yaw| counts every wobble as motion)."""
-    t = np.arange(len(yaw), dtype=np.float64)
-    return float(abs(np.polyfit(t, yaw, 1)[0])) if len(yaw) > 1 else 0.0
+def clip_speed(yaw: np.ndarray, frames: int) -> float:
+    """Head speed of a video from its per-frame measured yaw (degrees): per clip of ``frames``,
+    the absolute slope of a least-squares line through the yaw track, averaged over the clips,
+    so frame-to-frame jitter averages out instead of adding to the speed (mean |d yaw| counts
+    every wobble as motion)."""
+    t = np.arange(frames, dtype=np.float64)
+    slopes = [abs(np.polyfit(t, yaw[i:i + frames], 1)[0]) for i in range(0, len(yaw) - frames + 1, frames)]
+    return float(np.mean(slopes)) if frames > 1 and slopes else 0.0
 
 
-def measure(cases, imgs) -> dict:
-    """The benchmark's numbers for generated (or ground-truth) clips uint8 [b, f, S, S, 3]."""
+def measure(cases, imgs, frames: int) -> dict:
+    """The benchmark's numbers for generated (or ground-truth) videos uint8 [b, T, S, S, 3] made of
+    clips of ``frames``."""
     mouth, loud, colour_err, inside = [], [], [], []
     speeds: dict[float, list] = {}
     jitter: dict[float, list] = {}
@@ -95,7 +101,7 @@ def measure(cases, imgs) -> dict:
                          and abs(x["centre"][0] - c["centre"][0]) < abs(x["centre"][0] - c["ref_centre"][0]))
                    for x in ms]
         yaw = np.array([x["yaw"] for x in ms])
-        speeds.setdefault(c["speed"], []).append(clip_speed(yaw))
+        speeds.setdefault(c["speed"], []).append(clip_speed(yaw, frames))
         jitter.setdefault(c["speed"], []).append(float(np.abs(np.diff(yaw)).mean()))
     corr = float(np.corrcoef(mouth, loud)[0, 1]) if np.std(mouth) > 0 else 0.0
     return {"mouth_corr": corr, "colour_err": float(np.mean(colour_err)), "inside_box": float(np.mean(inside)),
@@ -106,6 +112,8 @@ def measure(cases, imgs) -> dict:
 @torch.no_grad()
 def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, expand: float, codec=None,
              steps: int = 20, cfg_scale: float = 2.0, seed: int = 0) -> dict:
+    """Generates each case's video clip after clip as EMO does: the first clip's motion frames
+    are copies of the reference, every later clip's are the last ``motion`` generated frames."""
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask
 
@@ -114,12 +122,18 @@ def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, 
     ref = torch.stack([_pix(c["reference"]) for c in cases])
     mot = ref[:, None].expand(-1, motion, -1, -1, -1) if motion else None
     mask = torch.stack([box_mask(torch.tensor(c["box"])[None], size, expand) for c in cases])
-    audio = torch.stack([window_features(torch.from_numpy(c["features"]), m) for c in cases])
+    total = len(cases[0]["loudness"])
     speed = torch.tensor([[c["speed"]] * (motion + frames) for c in cases])
-    gen = generate_clip(net, codec, schedule, ref, mot, mask, audio, speed, frames, steps=steps,
-                        cfg_scale=cfg_scale, seed=seed)
-    imgs = ((gen.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
-    return measure(cases, imgs)
+    out = []
+    for k, start in enumerate(range(0, total, frames)):
+        audio = torch.stack([window_features(torch.from_numpy(c["features"]), m, start, start + frames) for c in cases])
+        gen = generate_clip(net, codec, schedule, ref, mot, mask, audio, speed, frames, steps=steps,
+                            cfg_scale=cfg_scale, seed=seed + k)
+        out.append(gen)
+        if motion:
+            mot = gen[:, -motion:]
+    imgs = ((torch.cat(out, 1).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
+    return measure(cases, imgs, frames)
 
 
 def main(argv=None) -> int:
@@ -129,7 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=48, help="frames per synthetic video")
     p.add_argument("--steps", type=int, nargs=3, default=None, metavar=("S1", "S2", "S3"),
                    help="optimizer steps per stage (default: the tiny configs' steps)")
-    p.add_argument("--cases", type=int, default=24, help="held-out clips to sample")
+    p.add_argument("--cases", type=int, default=24, help="held-out videos to sample")
+    p.add_argument("--clips", type=int, default=3, help="clips per held-out video, chained by motion frames")
     p.add_argument("--speeds", type=float, nargs="+", default=[1.0, 4.0, 8.0], help="asked head speeds (deg/frame)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ddim-steps", type=int, default=20)
@@ -175,19 +190,19 @@ def main(argv=None) -> int:
     trained.load_state_dict(state)
     untrained, _, _ = build_net({**cfg, "init": {}})
     schedule = schedule_for(cfg, ec)
-    cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds)
+    cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds, clips=args.clips)
     kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
               expand=cfg["data"]["mask_expand"], codec=build_codec(cfg["latents"]), steps=args.ddim_steps,
               cfg_scale=args.cfg)
     t_eval = time.time()
     r_un = evaluate(untrained, schedule, cases, **kw)
     r_tr = evaluate(trained, schedule, cases, **kw)
-    r_gt = measure(cases, np.stack([c["truth"] for c in cases]))
+    r_gt = measure(cases, np.stack([c["truth"] for c in cases]), ec.clip_frames)
     print(f"sampling and measuring: {time.time() - t_eval:.0f} s ({args.ddim_steps} DDIM steps, CFG {args.cfg:g})")
     try:
         from PIL import Image
 
-        grid = np.concatenate([np.concatenate(list(clip), 1) for clip in r_tr["images"][:8]], 0)
+        grid = np.concatenate([np.concatenate(list(video[:2 * ec.clip_frames]), 1) for video in r_tr["images"][:8]], 0)
         Image.fromarray(grid).save(out / "trained_samples.png")
     except Exception as exc:  # the picture is a convenience only
         print(f"(could not save the sample grid: {exc})")
@@ -196,8 +211,8 @@ def main(argv=None) -> int:
         print(f"{name:<46}" + "".join(f"{fmt.format(v):>11}" for v in vals))
 
     print()
-    print(f"held-out: {args.cases} clips of {ec.clip_frames} frames, new identities and audio "
-          "('truth' = the same measurements on rendered ground-truth clips)")
+    print(f"held-out: {args.cases} videos of {args.clips} chained clips of {ec.clip_frames} frames, new identities "
+          "and audio ('truth' = the same measurements on rendered ground-truth videos)")
     print(f"{'metric':<46}{'untrained':>11}{'trained':>11}{'truth':>11}")
     rs = (r_un, r_tr, r_gt)
     row("mouth/loudness correlation (>= 0.7)", *(r["mouth_corr"] for r in rs))
