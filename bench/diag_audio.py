@@ -28,9 +28,10 @@ from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
 
 
 @torch.no_grad()
-def load_trained(run: Path, configs: Path, stage: int):
-    """The newest checkpoint of ``run``'s stage with its tiny config: (net, EmoConfig, codec, schedule, config)."""
-    cfg = load_config(configs / f"tiny_stage{stage}.json", ['data.shards=["x"]', 'output.dir="x"'])
+def load_trained(run: Path, configs: Path, stage: int, sets=()):
+    """The newest checkpoint of ``run``'s stage with its tiny config (plus the ``--set`` overrides
+    the run was trained with): (net, EmoConfig, codec, schedule, config)."""
+    cfg = load_config(configs / f"tiny_stage{stage}.json", ['data.shards=["x"]', 'output.dir="x"', *sets])
     cfg["init"] = {}
     net, ec, _ = build_net(cfg)
     ck = sorted((run / f"stage{stage}").glob("checkpoint-*"))[-1]
@@ -44,9 +45,10 @@ def main(argv=None):
     p.add_argument("--configs", default=str(ROOT / "emo_core" / "train" / "configs"))
     p.add_argument("--stage", type=int, default=3)
     p.add_argument("--n", type=int, default=16)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="the run's config overrides")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage)
+    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
     ac = sched.alphas_cumprod()
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask

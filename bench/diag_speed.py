@@ -5,7 +5,8 @@
 For a trained run (``bench/learning.py --out RUN_DIR``) it takes fresh synthetic clips, noises
 each to a few steps t and measures the head speed (|slope| of the per-frame yaw, as the
 benchmark does) of the model's clean estimate x0 when asked speeds 0 / 1 / 4 / 8, then samples
-the same clips with DDIM at each asked speed. If the speed layers work, the measured speed rises
+the same clips with DDIM at each asked speed. ``--motion true`` gives the clips their true
+previous frames (turning at 4 deg/frame) as motion frames, so the turn direction is known. If the speed layers work, the measured speed rises
 with the asked one (at high t, where the noisy clip says little about the motion).
 """
 from __future__ import annotations
@@ -32,6 +33,12 @@ def speeds_of(img, idents):
             for i in range(len(img))]
 
 
+def asked_speed(b: int, n: int, f: int, s: float, motion: str) -> torch.Tensor:
+    """[b, n + f] speeds: the motion frames' own (4 deg/frame when they are true frames), then ``s``."""
+    lead = s if motion == "reference" else 4.0
+    return torch.tensor([[lead] * n + [s] * f] * b)
+
+
 @torch.no_grad()
 def main(argv=None):
     p = argparse.ArgumentParser()
@@ -40,9 +47,13 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-sampling", action="store_true")
+    p.add_argument("--motion", choices=("reference", "true"), default="reference",
+                   help="motion frames: reference copies (a video's first clip: the turn direction is open) or the "
+                        "clip's true previous frames, turning at 4 deg/frame (a later clip: the direction is known)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="the run's config overrides")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), 3)
+    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), 3, args.set)
     ac = sched.alphas_cumprod()
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask
@@ -53,7 +64,7 @@ def main(argv=None):
     for i in range(args.n):
         ident = S.Identity.random(rng)
         sp = float([1, 4, 8][i % 3])
-        v = S.make_video(rng, ident, n + f, 64, sp)
+        v = S.make_video(rng, ident, n + f, 64, np.array([4.0] * n + [sp] * f))
         clips.append(v["frames"])
         idents.append(ident)
         feats.append(window_features(torch.from_numpy(v["audio_features"]), ec.audio.context, n, n + f))
@@ -64,7 +75,8 @@ def main(argv=None):
     clip_lat = lat[:, n:].permute(0, 2, 1, 3, 4)
     ref_pix = pix[:, 0]
     ref_lat = codec.encode(ref_pix)
-    motion_lat = ref_lat[:, None].expand(-1, n, -1, -1, -1)  # reference copies, as in the benchmark
+    motion_pix = ref_pix[:, None].expand(-1, n, -1, -1, -1) if args.motion == "reference" else pix[:, :n]
+    motion_lat = codec.encode(motion_pix.flatten(0, 1)).unflatten(0, motion_pix.shape[:2])
     audio = torch.stack(feats)
     mask = torch.stack(boxes)
     g = torch.Generator().manual_seed(0)
@@ -77,7 +89,7 @@ def main(argv=None):
         x = a.sqrt() * clip_lat + (1 - a).sqrt() * noise
         line = []
         for s in asked:
-            speed = torch.full((len(x), n + f), s)
+            speed = asked_speed(len(x), n, f, s, args.motion)
             cond, _ = conditioning(net, ref_lat, motion_lat, mask, audio, speed)
             out = net(x, torch.full((len(x),), t), cond)
             x0, _ = predicted_x0_and_eps(out, x, a, sched.prediction_type)
@@ -89,9 +101,8 @@ def main(argv=None):
         return
     line = []
     for s in asked:
-        speed = torch.full((len(clips), n + f), s)
-        gen = generate_clip(net, codec, sched, ref_pix, ref_pix[:, None].expand(-1, n, -1, -1, -1), mask, audio,
-                            speed, f, steps=20, cfg_scale=2.0)
+        speed = asked_speed(len(clips), n, f, s, args.motion)
+        gen = generate_clip(net, codec, sched, ref_pix, motion_pix, mask, audio, speed, f, steps=20, cfg_scale=2.0)
         im = ((gen.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
         line.append(f"asked {s:g}: {np.mean(speeds_of(im, idents)):.2f}")
     print("sampled (20 DDIM steps, CFG 2): measured speed " + "  ".join(line))
