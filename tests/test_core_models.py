@@ -173,7 +173,7 @@ def test_config_errors_name_the_values():
     with pytest.raises(ConfigError, match="exceeds the temporal position encoding length"):
         EmoConfig(clip_frames=30, motion_frames=4)
     with pytest.raises(ConfigError, match="prediction_type"):
-        EmoConfig(prediction_type="sample")
+        EmoConfig(prediction_type="x0")
     cfg = EmoConfig.tiny()
     assert EmoConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown EmoConfig keys"):
