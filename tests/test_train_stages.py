@@ -362,3 +362,16 @@ def test_synthetic_head_speed_changes_within_a_video_and_reads_back():
     const = synthetic.yaw_track(np.random.default_rng(0), 30, 3.0)
     tri = synthetic.yaw_track(np.random.default_rng(0), 30, np.full(30, 3.0))
     np.testing.assert_allclose(const, tri)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_optimizer_setups_are_refused_before_training(kind, shards, tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    cfg = _cfg(1, shards, tmp_path / "s", 2)
+    fake = SimpleNamespace(distributed_type=getattr(DistributedType, kind))
+    with pytest.raises(TrainConfigError, match=f"{kind}.*--multi_gpu"):
+        train(cfg, accelerator=fake, log=lambda s: None)
+    assert not (tmp_path / "s").exists()  # nothing written

@@ -448,6 +448,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
 
     t, o, stage = cfg["train"], cfg["output"], cfg["stage"]
     acc = accelerator or Accelerator(mixed_precision=t["mixed_precision"])
+    check_distributed_type(acc)
     main = acc.is_main_process
     out = Path(o["dir"])
     existing = checkpoints_in(out) if out.is_dir() else []
@@ -603,6 +604,17 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
     final = out / f"checkpoint-{step:06d}"
     acc.wait_for_everyone()
     return RunResult(out, final, step, losses)
+
+
+def check_distributed_type(acc) -> None:
+    """Refuses sharded training before any step: our checkpoints hold the whole optimizer state, which
+    under FSDP / DeepSpeed ZeRO exists only in pieces across the processes."""
+    kind = str(getattr(acc, "distributed_type", "NO")).rsplit(".", 1)[-1].upper()
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise TrainConfigError(f"accelerate is configured for {kind}, which shards the optimizer state; this trainer "
+                               "saves it whole, so resumed runs would be wrong. Use data parallel instead "
+                               "(accelerate launch --multi_gpu ...), with train.gradient_checkpointing and "
+                               "train.mixed_precision to fit memory")
 
 
 def _save(acc, step_module, optimizer, ec, cfg, step, names, out: Path, keep: int) -> None:
