@@ -39,14 +39,20 @@ def load_trained(run: Path, configs: Path, stage: int, sets=()):
     return net.eval(), ec, build_codec(cfg["latents"]), schedule_for(cfg, ec), cfg
 
 
-def main(argv=None):
+def diag_parser(n: int, stage: bool = True) -> argparse.ArgumentParser:
+    """The arguments every diagnostic takes: the run folder, the configs it was trained with, how many clips."""
     p = argparse.ArgumentParser()
     p.add_argument("run")
     p.add_argument("--configs", default=str(ROOT / "emo_core" / "train" / "configs"))
-    p.add_argument("--stage", type=int, default=3)
-    p.add_argument("--n", type=int, default=16)
+    if stage:
+        p.add_argument("--stage", type=int, default=3)
+    p.add_argument("--n", type=int, default=n)
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="the run's config overrides")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = diag_parser(16).parse_args(argv)
     torch.set_num_threads(1)
     net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
     ac = sched.alphas_cumprod()

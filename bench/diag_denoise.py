@@ -11,7 +11,6 @@ It also prints how strongly the x0 estimate follows a small random change of the
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.data import box_mask  # noqa: E402
 from emo_core.train.loop import conditioning  # noqa: E402
-from diag_audio import load_trained  # noqa: E402  (same folder)
+from diag_audio import diag_parser, load_trained  # noqa: E402  (same folder)
 
 
 def clips_for(ec, cfg, codec, n: int, seed: int = 5):
@@ -48,13 +47,7 @@ def clips_for(ec, cfg, codec, n: int, seed: int = 5):
 
 @torch.no_grad()
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("run")
-    p.add_argument("--configs", default=str(ROOT / "emo_core" / "train" / "configs"))
-    p.add_argument("--stage", type=int, default=3)
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="the run's config overrides")
-    args = p.parse_args(argv)
+    args = diag_parser(8).parse_args(argv)
     torch.set_num_threads(1)
     net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
     clip, ref, motion, mask, audio, speed = clips_for(ec, cfg, codec, args.n)

@@ -11,7 +11,6 @@ with the asked one (at high t, where the noisy clip says little about the motion
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.loop import conditioning, generate_clip  # noqa: E402
 from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
-from diag_audio import load_trained  # noqa: E402  (same folder)
+from diag_audio import diag_parser, load_trained  # noqa: E402  (same folder)
 from learning import clip_speed  # noqa: E402
 
 
@@ -41,16 +40,12 @@ def asked_speed(b: int, n: int, f: int, s: float, motion: str) -> torch.Tensor:
 
 @torch.no_grad()
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("run")
-    p.add_argument("--configs", default=str(ROOT / "emo_core" / "train" / "configs"))
-    p.add_argument("--n", type=int, default=12)
+    p = diag_parser(12, stage=False)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-sampling", action="store_true")
     p.add_argument("--motion", choices=("reference", "true"), default="reference",
                    help="motion frames: reference copies (a video's first clip: the turn direction is open) or the "
                         "clip's true previous frames, turning at 4 deg/frame (a later clip: the direction is known)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="the run's config overrides")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), 3, args.set)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .types import CATEGORY, CFG, CONDITIONING_INPUTS, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, SEED, STEPS
+from .types import CATEGORY, CONDITIONING_INPUTS, SAMPLING_WIDGETS, SOURCE_INPUTS
 
 
 def check_audio_matches(audio: dict, emo_audio: dict) -> None:
@@ -36,14 +36,10 @@ class EmoGenerate:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "emo_model": (EMO_MODEL, {}),
-                "reference": (EMO_REFERENCE, {}),
-                "emo_audio": (EMO_AUDIO, {}),
+                **SOURCE_INPUTS,
                 "audio": ("AUDIO", {"tooltip": "the same audio as EMO Audio Encode's; muxed into the VIDEO and "
                                                "passed through unchanged"}),
-                "steps": STEPS,
-                "cfg": CFG,
-                "seed": SEED,
+                **SAMPLING_WIDGETS,
                 "motion_start": (["reference", "zeros"], {
                     "default": "reference", "tooltip": "first clip's motion frames: copies of the portrait (Hallo) "
                                                        "or none (the paper's zero maps)"}),

@@ -4,7 +4,7 @@ For hand-built chains: clip k takes the last n decoded frames of clip k-1 as mot
 EMO Generate (chain.py) does the whole audio in one node."""
 from __future__ import annotations
 
-from .types import CATEGORY, CFG, CONDITIONING_INPUTS, EMO_AUDIO, EMO_MODEL, EMO_REFERENCE, SEED, STEPS
+from .types import CATEGORY, CONDITIONING_INPUTS, EMO_MODEL, SAMPLING_WIDGETS, SOURCE_INPUTS
 
 
 class EmoSampleClip:
@@ -19,13 +19,9 @@ class EmoSampleClip:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "emo_model": (EMO_MODEL, {}),
-                "reference": (EMO_REFERENCE, {}),
-                "emo_audio": (EMO_AUDIO, {}),
+                **SOURCE_INPUTS,
                 "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000}),
-                "steps": STEPS,
-                "cfg": CFG,
-                "seed": SEED,
+                **SAMPLING_WIDGETS,
             },
             "optional": {
                 **CONDITIONING_INPUTS,

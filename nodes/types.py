@@ -39,4 +39,8 @@ CFG = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
                  "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step; "
                             "EchoMimic accelerated: 1)"})
 SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
+# The inputs every sampling node starts with, and its DDIM widgets (in this order: saved
+# workflows list widget values by position).
+SOURCE_INPUTS = {"emo_model": (EMO_MODEL, {}), "reference": (EMO_REFERENCE, {}), "emo_audio": (EMO_AUDIO, {})}
+SAMPLING_WIDGETS = {"steps": STEPS, "cfg": CFG, "seed": SEED}
 CONDITIONING_INPUTS = {"face_mask": ("MASK", {}), "regions": (EMO_REGIONS, {}), "speed": (EMO_SPEED, {})}
