@@ -14,35 +14,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from emo_core.preprocess.audio_features import window_features  # noqa: E402
-from emo_core.sampling.ddim import predicted_x0_and_eps  # noqa: E402
-from emo_core.train import synthetic as S  # noqa: E402
-from emo_core.train.data import box_mask  # noqa: E402
+from diag_common import diag_parser, load_trained, synthetic_clips, x0_estimate  # noqa: E402
 from emo_core.train.loop import conditioning  # noqa: E402
-from diag_audio import diag_parser, load_trained  # noqa: E402  (same folder)
-
-
-def clips_for(ec, cfg, codec, n: int, seed: int = 5):
-    """n synthetic clips (motion frames first) as latents and their conditions."""
-    rng = np.random.default_rng(seed)
-    f, m = ec.clip_frames, ec.motion_frames
-    frames, feats, boxes, speeds = [], [], [], []
-    for _ in range(n):
-        v = S.make_video(rng, S.Identity.random(rng), m + f, 64, 4.0)
-        frames.append(v["frames"])
-        feats.append(window_features(torch.from_numpy(v["audio_features"]), ec.audio.context, m, m + f))
-        boxes.append(box_mask(torch.from_numpy(v["boxes"][m:]), 64, cfg["data"]["mask_expand"]))
-        speeds.append(torch.from_numpy(v["speed"]))
-    pix = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    lat = codec.encode(pix.flatten(0, 1)).unflatten(0, pix.shape[:2])
-    return (lat[:, m:].permute(0, 2, 1, 3, 4), codec.encode(pix[:, 0]), lat[:, :m], torch.stack(boxes),
-            torch.stack(feats), torch.stack(speeds))
 
 
 @torch.no_grad()
@@ -50,9 +27,10 @@ def main(argv=None):
     args = diag_parser(8).parse_args(argv)
     torch.set_num_threads(1)
     net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
-    clip, ref, motion, mask, audio, speed = clips_for(ec, cfg, codec, args.n)
-    cond, _ = conditioning(net, ref, motion, mask, audio if args.stage >= 2 else None,
-                           speed if args.stage == 3 else None)
+    c = synthetic_clips(ec, cfg, codec, [4.0] * args.n, seed=5)
+    clip = c.latents
+    cond, _ = conditioning(net, c.reference, c.motion, c.mask, c.audio if args.stage >= 2 else None,
+                           c.speed if args.stage == 3 else None)
     ac = sched.alphas_cumprod()
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(clip.shape, generator=g)
@@ -61,12 +39,10 @@ def main(argv=None):
     print(f"{'t':>5} {'SNR':>9} {'x0 error':>9} {'noisy error':>12} {'x0 follows input':>17}")
     for t in sched.timesteps(20):
         a = ac[t]
-        x = a.sqrt() * clip + (1 - a).sqrt() * noise
-        ts = torch.full((len(x),), t)
-        x0, _ = predicted_x0_and_eps(net(x, ts, cond), x, a, sched.prediction_type)
-        d = 0.01 * torch.randn(x.shape, generator=g)
-        x0d, _ = predicted_x0_and_eps(net(x + d, ts, cond), x + d, a, sched.prediction_type)
-        noisy = float(((x / a.sqrt() - clip) ** 2).mean()) if a > 1e-6 else float("inf")
+        x0 = x0_estimate(net, sched, clip, noise, t, cond)
+        d = 0.01 * torch.randn(clip.shape, generator=g)
+        x0d = x0_estimate(net, sched, clip, noise + d / (1 - a).sqrt(), t, cond)  # the same x_t moved by d
+        noisy = float((1 - a) / a * noise.pow(2).mean()) if a > 1e-6 else float("inf")  # x_t / sqrt(a) - x0
         print(f"{t:>5} {float(a / (1 - a)):>9.4f} {float(((x0 - clip) ** 2).mean()):>9.4f} {noisy:>12.4f} "
               f"{float((x0d - x0).norm() / d.norm()):>17.3f}")
 

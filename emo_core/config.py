@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# What the network predicts (diffusers' names): the noise, v = sqrt(a) eps - sqrt(1-a) x0
+# (Salimans & Ho, 2022), or the clean latent x0 itself ("sample").
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid or two values do not fit together."""
@@ -202,9 +206,8 @@ class EmoConfig:
     context_overlap: int = 0
 
     def __post_init__(self):
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ConfigError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got "
-                              f"{self.prediction_type!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.clip_frames < 1 or self.motion_frames < 0:
             raise ConfigError(f"clip_frames must be >= 1 and motion_frames >= 0, got {self.clip_frames}, {self.motion_frames}")
         total = self.clip_frames + self.motion_frames

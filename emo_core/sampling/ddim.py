@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..config import PREDICTION_TYPES
+
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Shifts and scales sqrt(alpha_bar) so the last timestep has zero SNR (Algorithm 1)."""
@@ -25,11 +27,6 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     abar = abar_sqrt ** 2
     alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
     return 1 - alphas
-
-
-# What the network predicts (diffusers' names): the noise, v = sqrt(a) eps - sqrt(1-a) x0
-# (Salimans & Ho, 2022), or the clean latent x0 itself ("sample").
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
@@ -114,6 +111,16 @@ def predicted_x0_and_eps(output, x, alpha_prod_t, prediction_type):
     if prediction_type == "sample":
         return output, (x - alpha_prod_t ** 0.5 * output) / beta_prod_t ** 0.5
     return alpha_prod_t ** 0.5 * x - beta_prod_t ** 0.5 * output, alpha_prod_t ** 0.5 * output + beta_prod_t ** 0.5 * x
+
+
+def training_target(x0, noise, alpha_prod_t, prediction_type):
+    """What the network learns to output for x_t = sqrt(a) x0 + sqrt(1-a) noise: the inverse of
+    ``predicted_x0_and_eps``."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    return alpha_prod_t ** 0.5 * noise - (1 - alpha_prod_t) ** 0.5 * x0
 
 
 def ddim_step(output, x, alpha_prod_t, alpha_prod_prev, prediction_type, eta=0.0, noise=None):

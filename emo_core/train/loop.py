@@ -32,7 +32,7 @@ from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning
 from ..models.emo import EmoNet
-from ..sampling.ddim import Schedule, sample_ddim
+from ..sampling.ddim import Schedule, sample_ddim, training_target
 from ..sampling.guidance import guided, unconditional
 from . import data as D
 from .init import CHECKPOINT_FORMAT, WEIGHTS_FILE, InitError, initialise, read_checkpoint
@@ -220,9 +220,7 @@ class TrainStep(nn.Module):
                 region_masks=None):
         a = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1).to(clip_latents.dtype)
         noisy = a.sqrt() * clip_latents + (1 - a).sqrt() * noise
-        target = {"epsilon": noise, "sample": clip_latents}.get(self.prediction_type)
-        if target is None:
-            target = a.sqrt() * noise - (1 - a).sqrt() * clip_latents
+        target = training_target(clip_latents, noise, a, self.prediction_type)
         cond, null_identity = conditioning(self.net, ref_latents, motion_latents, mask, audio, speed,
                                            region_masks=region_masks)
         cond = drop_conditions(cond, null_identity, drop)
@@ -609,9 +607,11 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
 def check_distributed_type(acc) -> None:
     """Refuses sharded training before any step: our checkpoints hold the whole optimizer state, which
     under FSDP / DeepSpeed ZeRO exists only in pieces across the processes."""
-    kind = str(getattr(acc, "distributed_type", "NO")).rsplit(".", 1)[-1].upper()
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise TrainConfigError(f"accelerate is configured for {kind}, which shards the optimizer state; this trainer "
+    from accelerate.utils import DistributedType
+
+    kind = acc.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise TrainConfigError(f"accelerate is configured for {kind.name}, which shards the optimizer state; this trainer "
                                "saves it whole, so resumed runs would be wrong. Use data parallel instead "
                                "(accelerate launch --multi_gpu ...), with train.gradient_checkpointing and "
                                "train.mixed_precision to fit memory")
