@@ -19,7 +19,7 @@ from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.data import box_mask  # noqa: E402
 from emo_core.train.init import read_checkpoint  # noqa: E402
 from emo_core.train.latents import build_codec  # noqa: E402
-from emo_core.train.loop import build_net, load_config, schedule_for  # noqa: E402
+from emo_core.train.loop import build_net, load_config, schedule_for, to_uint8  # noqa: E402
 
 
 @torch.no_grad()
@@ -91,7 +91,8 @@ def x0_estimate(net, schedule, clean: torch.Tensor, noise: torch.Tensor, t: int,
 
 def frames_uint8(pixels: torch.Tensor) -> np.ndarray:
     """[b, f, 3, S, S] in [-1, 1] -> uint8 [b, f, S, S, 3]."""
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
+    frames = to_uint8(pixels.flatten(0, 1))
+    return frames.reshape(*pixels.shape[:2], *frames.shape[1:])
 
 
 def decode_uint8(codec, latents: torch.Tensor) -> np.ndarray:

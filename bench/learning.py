@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from diag_common import frames_uint8  # noqa: E402  (same folder)
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.latents import PixelLatent, build_codec  # noqa: E402
 from emo_core.train.loop import build_net, generate_clip, load_config, schedule_for, train  # noqa: E402
@@ -132,8 +133,7 @@ def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, 
         out.append(gen)
         if motion:
             mot = gen[:, -motion:]
-    imgs = ((torch.cat(out, 1).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).numpy()
-    return measure(cases, imgs, frames)
+    return measure(cases, frames_uint8(torch.cat(out, 1)), frames)
 
 
 def main(argv=None) -> int:
