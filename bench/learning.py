@@ -15,6 +15,9 @@ prints, for the untrained and the trained model:
 - measured head speed for each asked speed (should rise with it): per clip the |slope| of a
   line fitted to the per-frame yaw read from the face geometry, so jitter averages out,
   averaged over the clips (mean |d yaw|, which counts jitter as motion, is printed too)
+- seams where clips join: mean |d yaw| from a clip's last frame to the next clip's first frame
+  over mean |d yaw| between neighbouring frames inside clips (about 1: the motion frames carry the
+  pose across the join; well above 1: each clip starts from its own pose, a visible cut)
 - face centre inside the face-locator box and nearer its centre than the reference's face
   position (fraction of frames; the box is on the other side of the frame)
 
@@ -88,7 +91,7 @@ def clip_speed(yaw: np.ndarray, frames: int) -> float:
 def measure(cases, imgs, frames: int) -> dict:
     """The benchmark's numbers for generated (or ground-truth) videos uint8 [b, T, S, S, 3] made of
     clips of ``frames``."""
-    mouth, loud, colour_err, inside = [], [], [], []
+    mouth, loud, colour_err, inside, seam, inner = [], [], [], [], [], []
     speeds: dict[float, list] = {}
     jitter: dict[float, list] = {}
     for c, clip in zip(cases, imgs):
@@ -104,10 +107,15 @@ def measure(cases, imgs, frames: int) -> dict:
         yaw = np.array([x["yaw"] for x in ms])
         speeds.setdefault(c["speed"], []).append(clip_speed(yaw, frames))
         jitter.setdefault(c["speed"], []).append(float(np.abs(np.diff(yaw)).mean()))
+        d = np.abs(np.diff(yaw))
+        joins = np.arange(frames - 1, len(d), frames)  # d[i] = yaw[i + 1] - yaw[i]
+        seam += list(d[joins])
+        inner += list(np.delete(d, joins))
     corr = float(np.corrcoef(mouth, loud)[0, 1]) if np.std(mouth) > 0 else 0.0
     return {"mouth_corr": corr, "colour_err": float(np.mean(colour_err)), "inside_box": float(np.mean(inside)),
             "speed": {k: float(np.mean(v)) for k, v in sorted(speeds.items())},
-            "abs_dyaw": {k: float(np.mean(v)) for k, v in sorted(jitter.items())}, "images": imgs}
+            "abs_dyaw": {k: float(np.mean(v)) for k, v in sorted(jitter.items())},
+            "seam": float(np.mean(seam) / max(np.mean(inner), 1e-6)) if seam else float("nan"), "images": imgs}
 
 
 @torch.no_grad()
@@ -218,6 +226,7 @@ def main(argv=None) -> int:
     row("mouth/loudness correlation (>= 0.7)", *(r["mouth_corr"] for r in rs))
     row("reference-colour error (0..1, lower)", *(r["colour_err"] for r in rs))
     row("face centre in locator box, not at ref", *(r["inside_box"] for r in rs))
+    row("clip joins: |d yaw| across / inside (~1)", *(r["seam"] for r in rs))
     for s in sorted(r_tr["speed"]):
         row(f"head speed asked {s:g} deg/frame -> measured", *(r["speed"][s] for r in rs))
     for s in sorted(r_tr["speed"]):

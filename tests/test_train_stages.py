@@ -180,6 +180,18 @@ def test_init_from_sd15_animatediff_and_hallo(tmp_path):
         init_sd15(EmoNet(cfg), tmp_path / "net.pth")  # a Hallo file is not an SD1.5 UNet
 
 
+def test_random_init_starts_referencenet_as_a_copy_of_the_backbone(shards, tmp_path):
+    net, _, report = build_net(_cfg(1, shards, tmp_path, 1))
+    assert "copy of the backbone" in report[0]
+    ref, backbone = net.reference_unet.state_dict(), net.denoising_unet.state_dict()
+    assert ref.keys() <= backbone.keys()
+    assert all(torch.equal(v, backbone[k]) for k, v in ref.items())
+    w = "down_blocks.0.attentions.0.proj_in.weight"
+    assert ref[w].data_ptr() != backbone[w].data_ptr()  # a copy: training one leaves the other
+    other, _, _ = build_net({**_cfg(1, shards, tmp_path, 1), "train": {**_cfg(1, shards, tmp_path, 1)["train"], "seed": 9}})
+    assert not torch.equal(other.reference_unet.state_dict()[w], ref[w])  # still random per seed
+
+
 def test_bad_configs_and_checkpoints_fail_clearly(shards, tmp_path, capsys):
     # a config naming a missing checkpoint: clear error from the command, nothing written
     cfg = _cfg(2, shards, tmp_path / "o2", 2, checkpoint=tmp_path / "missing")

@@ -190,5 +190,16 @@ def initialise(net: nn.Module, init: dict, stage: int) -> list[str]:
     if init.get("checkpoint"):
         report += init_checkpoint(net, init["checkpoint"], stage)
     if not report:
-        report.append("random initialisation (no init given)")
+        report.append(init_shared_random(net))
     return report
+
+
+def init_shared_random(net: nn.Module) -> str:
+    """Random initialisation the way the real recipe starts: ReferenceNet begins as a copy of
+    the backbone's spatial layers (both come from one SD1.5 UNet), so the reference and
+    motion-frame features that ReferenceNet hands the backbone start in the backbone's own
+    feature basis instead of an unrelated one."""
+    spatial = {k: v.clone() for k, v in net.denoising_unet.state_dict().items()
+               if not re.search(r"\.(audio_modules|motion_modules)\.", k)}
+    init_from_sd15(net, spatial)
+    return "random initialisation (no init given); ReferenceNet starts as a copy of the backbone's spatial layers"
