@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_common import decode_uint8, diag_parser, frames_uint8, load_trained, synthetic_clips, x0_estimate  # noqa: E402
+from diag_common import decode_uint8, diag_parser, frames_uint8, load_from_args, synthetic_clips, x0_estimate  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.loop import conditioning, generate_clip  # noqa: E402
 
@@ -31,8 +31,7 @@ def mouth_correlation(img: np.ndarray, c) -> float:
 @torch.no_grad()
 def main(argv=None):
     args = diag_parser(16).parse_args(argv)
-    torch.set_num_threads(1)
-    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
+    net, ec, codec, sched, cfg = load_from_args(args)
     f, n = ec.clip_frames, ec.motion_frames
     c = synthetic_clips(ec, cfg, codec, [float([1, 4, 8][i % 3]) for i in range(args.n)], seed=123)
     g = torch.Generator().manual_seed(0)

@@ -34,6 +34,13 @@ def load_trained(run: Path, configs: Path, stage: int, sets=()):
     return net.eval(), ec, build_codec(cfg["latents"]), schedule_for(cfg, ec), cfg
 
 
+def load_from_args(args, stage: int | None = None):
+    """``load_trained`` for parsed ``diag_parser`` arguments (``stage`` overrides ``--stage``), on
+    ``--threads`` threads (1 when the parser has no such option)."""
+    torch.set_num_threads(getattr(args, "threads", 1))
+    return load_trained(Path(args.run), Path(args.configs), stage or args.stage, args.set)
+
+
 def diag_parser(n: int, stage: bool = True) -> argparse.ArgumentParser:
     """The arguments every diagnostic takes: the run folder, the configs it was trained with, how many clips."""
     p = argparse.ArgumentParser()

@@ -18,15 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_common import diag_parser, load_trained, synthetic_clips, x0_estimate  # noqa: E402
+from diag_common import diag_parser, load_from_args, synthetic_clips, x0_estimate  # noqa: E402
 from emo_core.train.loop import conditioning  # noqa: E402
 
 
 @torch.no_grad()
 def main(argv=None):
     args = diag_parser(8).parse_args(argv)
-    torch.set_num_threads(1)
-    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
+    net, ec, codec, sched, cfg = load_from_args(args)
     c = synthetic_clips(ec, cfg, codec, [4.0] * args.n, seed=5)
     clip = c.latents
     cond, _ = conditioning(net, c.reference, c.motion, c.mask, c.audio if args.stage >= 2 else None,

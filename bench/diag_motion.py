@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_common import Clips, decode_uint8, diag_parser, frames_uint8, load_trained, synthetic_clips, x0_estimate  # noqa: E402
+from diag_common import Clips, decode_uint8, diag_parser, frames_uint8, load_from_args, synthetic_clips, x0_estimate  # noqa: E402
 from emo_core.preprocess.audio_features import window_features  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.data import box_mask  # noqa: E402
@@ -87,8 +87,7 @@ def x0_rows(net, sched, codec, c: Clips, speed, measure) -> list[str]:
 @torch.no_grad()
 def main(argv=None):
     args = diag_parser(16).parse_args(argv)
-    torch.set_num_threads(1)
-    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), args.stage, args.set)
+    net, ec, codec, sched, cfg = load_from_args(args)
     f, n = ec.clip_frames, ec.motion_frames
     with_speed = args.stage == 3
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_common import decode_uint8, diag_parser, frames_uint8, load_trained, synthetic_clips, x0_estimate  # noqa: E402
+from diag_common import decode_uint8, diag_parser, frames_uint8, load_from_args, synthetic_clips, x0_estimate  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.loop import conditioning, generate_clip  # noqa: E402
 from learning import clip_speed  # noqa: E402
@@ -48,8 +48,7 @@ def main(argv=None):
                    help="motion frames: reference copies (a video's first clip: the turn direction is open) or the "
                         "clip's true previous frames, turning at 4 deg/frame (a later clip: the direction is known)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    net, ec, codec, sched, cfg = load_trained(Path(args.run), Path(args.configs), 3, args.set)
+    net, ec, codec, sched, cfg = load_from_args(args, stage=3)
     f, n = ec.clip_frames, ec.motion_frames
     true_speed = [float([1, 4, 8][i % 3]) for i in range(args.n)]
     c = synthetic_clips(ec, cfg, codec, [np.array([LEAD_SPEED] * n + [sp] * f) for sp in true_speed], seed=321)
