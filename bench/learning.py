@@ -106,8 +106,8 @@ def measure(cases, imgs, frames: int) -> dict:
                    for x in ms]
         yaw = np.array([x["yaw"] for x in ms])
         speeds.setdefault(c["speed"], []).append(clip_speed(yaw, frames))
-        jitter.setdefault(c["speed"], []).append(float(np.abs(np.diff(yaw)).mean()))
         d = np.abs(np.diff(yaw))
+        jitter.setdefault(c["speed"], []).append(float(d.mean()))
         joins = np.arange(frames - 1, len(d), frames)  # d[i] = yaw[i + 1] - yaw[i]
         seam += list(d[joins])
         inner += list(np.delete(d, joins))
