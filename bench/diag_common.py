@@ -68,24 +68,35 @@ class Clips:
     loudness: np.ndarray  # of the clip frames, all clips after one another
 
 
+def clips_of(ec, cfg, codec, videos: list[dict], identities: list, references=None) -> Clips:
+    """Clips from videos of n + f frames shaped like ``synthetic.make_video``'s (frames, audio,
+    audio_features, boxes, speed); the reference portraits are the first frames unless given."""
+    f, n = ec.clip_frames, ec.motion_frames
+    size = videos[0]["frames"].shape[1]
+    pix = torch.from_numpy(np.stack([v["frames"] for v in videos])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    ref = pix[:, 0] if references is None else (
+        torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    lat = codec.encode(pix.flatten(0, 1)).unflatten(0, pix.shape[:2])
+    audio = [window_features(torch.from_numpy(v["audio_features"]), ec.audio.context, n, n + f) for v in videos]
+    masks = [box_mask(torch.from_numpy(v["boxes"][n:]), size, cfg["data"]["mask_expand"]) for v in videos]
+    return Clips(pix, lat[:, n:].permute(0, 2, 1, 3, 4), lat[:, :n], codec.encode(ref), torch.stack(audio),
+                 torch.stack(masks), torch.stack([torch.from_numpy(v["speed"]) for v in videos]), identities,
+                 np.concatenate([S.loudness(v["audio"], n + f)[n:] for v in videos]))
+
+
 def synthetic_clips(ec, cfg, codec, speeds, seed: int, size: int = 64) -> Clips:
     """One fresh synthetic clip per entry of ``speeds`` (deg/frame: a number or one per frame)."""
     rng = np.random.default_rng(seed)
-    f, n = ec.clip_frames, ec.motion_frames
-    frames, idents, louds, feats, boxes, speed = [], [], [], [], [], []
+    videos, idents = [], []
     for sp in speeds:
-        ident = S.Identity.random(rng)
-        v = S.make_video(rng, ident, n + f, size, sp)
-        frames.append(v["frames"])
-        idents.append(ident)
-        louds.append(S.loudness(v["audio"], n + f)[n:])
-        feats.append(window_features(torch.from_numpy(v["audio_features"]), ec.audio.context, n, n + f))
-        boxes.append(box_mask(torch.from_numpy(v["boxes"][n:]), size, cfg["data"]["mask_expand"]))
-        speed.append(torch.from_numpy(v["speed"]))
-    pix = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    lat = codec.encode(pix.flatten(0, 1)).unflatten(0, pix.shape[:2])
-    return Clips(pix, lat[:, n:].permute(0, 2, 1, 3, 4), lat[:, :n], codec.encode(pix[:, 0]), torch.stack(feats),
-                 torch.stack(boxes), torch.stack(speed), idents, np.concatenate(louds))
+        idents.append(S.Identity.random(rng))
+        videos.append(S.make_video(rng, idents[-1], ec.clip_frames + ec.motion_frames, size, sp))
+    return clips_of(ec, cfg, codec, videos, idents)
+
+
+def yaws(img: np.ndarray, identities) -> np.ndarray:
+    """[b, f] yaw (degrees) read from uint8 frames [b, f, S, S, 3] of the given identities."""
+    return np.array([[S.measure_frame(im, identities[i])["yaw"] for im in img[i]] for i in range(len(img))])
 
 
 def x0_estimate(net, schedule, clean: torch.Tensor, noise: torch.Tensor, t: int, cond) -> torch.Tensor:

@@ -24,10 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_common import Clips, decode_uint8, diag_parser, frames_uint8, load_from_args, synthetic_clips, x0_estimate  # noqa: E402
-from emo_core.preprocess.audio_features import window_features  # noqa: E402
+from diag_common import (Clips, clips_of, decode_uint8, diag_parser, frames_uint8, load_from_args,  # noqa: E402
+                         synthetic_clips, x0_estimate, yaws)
 from emo_core.train import synthetic as S  # noqa: E402
-from emo_core.train.data import box_mask  # noqa: E402
 from emo_core.train.loop import conditioning  # noqa: E402
 
 POSE = 30.0  # degrees
@@ -38,32 +37,20 @@ def posed_clips(ec, cfg, codec, count: int, seed: int, size: int = 64) -> tuple[
     """Clips whose motion frames and frames hold still at yaw +-POSE (alternating); the reference
     portrait faces the camera. Returns the clips and the sign of each clip's yaw."""
     rng = np.random.default_rng(seed)
-    f, n = ec.clip_frames, ec.motion_frames
-    frames, refs, idents, feats, masks, louds = [], [], [], [], [], []
+    k = ec.clip_frames + ec.motion_frames
+    videos, refs, idents = [], [], []
     sign = np.where(np.arange(count) % 2 == 1, 1.0, -1.0)
     for s in sign:
         ident = S.Identity.random(rng)
         cx, cy = size / 2 + rng.uniform(-4, 4, 2)
-        env = S.syllable_envelope(rng, n + f)
+        env = S.syllable_envelope(rng, k)
         wave = S.voice(rng, env)
-        frames.append(np.stack([S.render(ident, cx, cy, s * POSE, e, size) for e in env]))
+        videos.append({"frames": np.stack([S.render(ident, cx, cy, s * POSE, e, size) for e in env]), "audio": wave,
+                       "audio_features": S.audio_features(wave, k), "boxes": np.stack([S.face_box(ident, cx, cy, size)] * k),
+                       "speed": np.zeros(k, np.float32)})
         refs.append(S.render(ident, cx, cy, 0.0, 0.0, size))
         idents.append(ident)
-        feats.append(window_features(torch.from_numpy(S.audio_features(wave, n + f)), ec.audio.context, n, n + f))
-        masks.append(box_mask(torch.from_numpy(np.stack([S.face_box(ident, cx, cy, size)] * f)), size,
-                              cfg["data"]["mask_expand"]))
-        louds.append(S.loudness(wave, n + f)[n:])
-    pix = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    ref = torch.from_numpy(np.stack(refs)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    lat = codec.encode(pix.flatten(0, 1)).unflatten(0, pix.shape[:2])
-    clips = Clips(pix, lat[:, n:].permute(0, 2, 1, 3, 4), lat[:, :n], codec.encode(ref), torch.stack(feats),
-                  torch.stack(masks), torch.zeros(count, n + f), idents, np.concatenate(louds))
-    return clips, sign
-
-
-def yaws(img: np.ndarray, identities) -> np.ndarray:
-    """[b, f] measured yaw of uint8 frames [b, f, S, S, 3]."""
-    return np.array([[S.measure_frame(im, identities[i])["yaw"] for im in img[i]] for i in range(len(img))])
+    return clips_of(ec, cfg, codec, videos, idents, refs), sign
 
 
 def slopes(y: np.ndarray) -> np.ndarray:
@@ -98,8 +85,9 @@ def main(argv=None):
         print(line)
 
     c = synthetic_clips(ec, cfg, codec, [np.full(n + f, 4.0)] * args.n, seed=321)
-    along = np.sign(slopes(yaws(frames_uint8(c.pixels[:, n:]), c.identities)))
-    truth = slopes(yaws(frames_uint8(c.pixels[:, n:]), c.identities)) * along
+    truth = slopes(yaws(frames_uint8(c.pixels[:, n:]), c.identities))
+    along = np.sign(truth)
+    truth = truth * along
     print(f"turn continued: x0 yaw slope (deg/frame) along the true turn (truth {np.mean(truth):+.2f})")
     for line in x0_rows(net, sched, codec, c, c.speed if with_speed else None,
                         lambda img: float(np.mean(slopes(yaws(img, c.identities)) * along))):

@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_common import decode_uint8, diag_parser, frames_uint8, load_from_args, synthetic_clips, x0_estimate  # noqa: E402
-from emo_core.train import synthetic as S  # noqa: E402
+from diag_common import decode_uint8, diag_parser, frames_uint8, load_from_args, synthetic_clips, x0_estimate, yaws  # noqa: E402
 from emo_core.train.loop import conditioning, generate_clip  # noqa: E402
 from learning import clip_speed  # noqa: E402
 
@@ -29,8 +28,7 @@ LEAD_SPEED = 4.0  # deg/frame of the true motion frames
 
 
 def speeds_of(img, idents):
-    return [clip_speed(np.array([S.measure_frame(im, idents[i])["yaw"] for im in img[i]]), img.shape[1])
-            for i in range(len(img))]
+    return [clip_speed(y, img.shape[1]) for y in yaws(img, idents)]
 
 
 def asked_speed(b: int, n: int, f: int, s: float, motion: str) -> torch.Tensor:

@@ -181,14 +181,15 @@ def test_init_from_sd15_animatediff_and_hallo(tmp_path):
 
 
 def test_random_init_starts_referencenet_as_a_copy_of_the_backbone(shards, tmp_path):
-    net, _, report = build_net(_cfg(1, shards, tmp_path, 1))
+    cfg = _cfg(1, shards, tmp_path, 1)
+    net, _, report = build_net(cfg)
     assert "copy of the backbone" in report[0]
     ref, backbone = net.reference_unet.state_dict(), net.denoising_unet.state_dict()
     assert ref.keys() <= backbone.keys()
     assert all(torch.equal(v, backbone[k]) for k, v in ref.items())
     w = "down_blocks.0.attentions.0.proj_in.weight"
     assert ref[w].data_ptr() != backbone[w].data_ptr()  # a copy: training one leaves the other
-    other, _, _ = build_net({**_cfg(1, shards, tmp_path, 1), "train": {**_cfg(1, shards, tmp_path, 1)["train"], "seed": 9}})
+    other, _, _ = build_net({**cfg, "train": {**cfg["train"], "seed": 9}})
     assert not torch.equal(other.reference_unet.state_dict()[w], ref[w])  # still random per seed
 
 

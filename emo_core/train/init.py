@@ -199,7 +199,6 @@ def init_shared_random(net: nn.Module) -> str:
     the backbone's spatial layers (both come from one SD1.5 UNet), so the reference and
     motion-frame features that ReferenceNet hands the backbone start in the backbone's own
     feature basis instead of an unrelated one."""
-    spatial = {k: v.clone() for k, v in net.denoising_unet.state_dict().items()
-               if not re.search(r"\.(audio_modules|motion_modules)\.", k)}
-    init_from_sd15(net, spatial)
+    backbone = net.denoising_unet.state_dict()
+    net.reference_unet.load_state_dict({k: backbone[k] for k in net.reference_unet.state_dict()})  # copies values
     return "random initialisation (no init given); ReferenceNet starts as a copy of the backbone's spatial layers"
