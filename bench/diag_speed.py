@@ -8,7 +8,9 @@ benchmark does) of the model's clean estimate x0 when asked speeds 0 / 1 / 4 / 8
 the same clips with DDIM at each asked speed. ``--motion true`` gives the clips their true
 previous frames (turning at 4 deg/frame) as motion frames, so the turn direction is known.
 If the speed layers work, the measured speed rises with the asked one (at high t, where the
-noisy clip says little about the motion).
+noisy clip says little about the motion). It also prints the x0 error (latent MSE) given each
+clip's true speed against the speed of a clip turning at another speed: when the speed layers
+carry no speed information the two are equal.
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ def asked_speed(b: int, n: int, f: int, s: float, motion: str) -> torch.Tensor:
     """[b, n + f] speeds: the motion frames' own (``LEAD_SPEED`` when they are true frames), then ``s``."""
     lead = s if motion == "reference" else LEAD_SPEED
     return torch.tensor([[lead] * n + [s] * f] * b)
+
+
+def asked_true(speed: torch.Tensor, n: int, motion: str) -> torch.Tensor:
+    """Per-frame speeds [b, n + f] whose clip frames are ``speed``'s; the motion frames keep their own
+    speed when they are true frames and take the clip's when they are reference copies."""
+    return speed if motion == "true" else torch.cat([speed[:, n:n + 1].expand(-1, n), speed[:, n:]], 1)
 
 
 @torch.no_grad()
@@ -65,6 +73,15 @@ def main(argv=None):
             im = decode_uint8(codec, x0_estimate(net, sched, c.latents, noise, t, cond))
             line.append(f"asked {s:g}: {np.mean(speeds_of(im, c.identities)):.2f}")
         print(f"x0 estimate at t={t}: measured speed " + "  ".join(line))
+    true_sp, other_sp = asked_true(c.speed, n, args.motion), asked_true(c.speed.roll(1, 0), n, args.motion)
+    line = []
+    for t in (950, 500):
+        err = []
+        for sp in (true_sp, other_sp):
+            cond, _ = conditioning(net, c.reference, motion_lat, c.mask, c.audio, sp)
+            err.append(float(((x0_estimate(net, sched, c.latents, noise, t, cond) - c.latents) ** 2).mean()))
+        line.append(f"t={t}: {err[0]:.5f} / {err[1]:.5f}")
+    print("x0 error with the true speed / another clip's speed: " + "  ".join(line))
     if args.no_sampling:
         return
     line = []
