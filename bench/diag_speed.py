@@ -33,16 +33,15 @@ def speeds_of(img, idents):
     return [clip_speed(y, img.shape[1]) for y in yaws(img, idents)]
 
 
-def asked_speed(b: int, n: int, f: int, s: float, motion: str) -> torch.Tensor:
-    """[b, n + f] speeds: the motion frames' own (``LEAD_SPEED`` when they are true frames), then ``s``."""
-    lead = s if motion == "reference" else LEAD_SPEED
-    return torch.tensor([[lead] * n + [s] * f] * b)
-
-
-def asked_true(speed: torch.Tensor, n: int, motion: str) -> torch.Tensor:
+def speeds_for(speed: torch.Tensor, n: int, motion: str) -> torch.Tensor:
     """Per-frame speeds [b, n + f] whose clip frames are ``speed``'s; the motion frames keep their own
     speed when they are true frames and take the clip's when they are reference copies."""
     return speed if motion == "true" else torch.cat([speed[:, n:n + 1].expand(-1, n), speed[:, n:]], 1)
+
+
+def asked_speed(b: int, n: int, f: int, s: float, motion: str) -> torch.Tensor:
+    """[b, n + f] speeds asking ``s`` of the clip frames (true motion frames turn at ``LEAD_SPEED``)."""
+    return speeds_for(torch.tensor([[LEAD_SPEED] * n + [s] * f] * b), n, motion)
 
 
 @torch.no_grad()
@@ -73,7 +72,7 @@ def main(argv=None):
             im = decode_uint8(codec, x0_estimate(net, sched, c.latents, noise, t, cond))
             line.append(f"asked {s:g}: {np.mean(speeds_of(im, c.identities)):.2f}")
         print(f"x0 estimate at t={t}: measured speed " + "  ".join(line))
-    true_sp, other_sp = asked_true(c.speed, n, args.motion), asked_true(c.speed.roll(1, 0), n, args.motion)
+    true_sp, other_sp = speeds_for(c.speed, n, args.motion), speeds_for(c.speed.roll(1, 0), n, args.motion)
     line = []
     for t in (950, 500):
         err = []
