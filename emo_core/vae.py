@@ -40,7 +40,9 @@ class DiffusersVae:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [N, H, W, 3] in 0..1; got {tuple(images.shape)}")
-        pixels = rearrange(images, "n h w c -> n c h w").to(self.device, self.dtype) * 2 - 1
+        # [-1, 1] computed at the images' own precision, then cast: decoded frames handed back as
+        # motion frames round exactly as in Hallo (float32 video * 2 - 1).
+        pixels = rearrange(images * 2 - 1, "n h w c -> n c h w").to(self.device, self.dtype)
         return self.vae.encode(pixels).latent_dist.mean * self.scale
 
     @torch.no_grad()
@@ -48,7 +50,7 @@ class DiffusersVae:
         out = []
         for chunk in latents.split(self.decode_chunk):
             x = self.vae.decode(chunk.to(self.device, self.dtype) / self.scale).sample
-            out.append(rearrange((x.float() / 2 + 0.5).clamp(0, 1), "n c h w -> n h w c").cpu())
+            out.append(rearrange((x / 2 + 0.5).clamp(0, 1).float(), "n c h w -> n h w c").cpu())
         return torch.cat(out)
 
 
