@@ -7,15 +7,23 @@
 ``--weights``: a model folder (Hallo's pretrained_models layout, or ours: config.json +
 emo.safetensors with sd-vae-ft-mse/ and wav2vec/wav2vec2-base-960h/ beside it, or an
 EchoMimic folder: denoising_unet[_acc].pth ... with audio_processor/whisper_tiny.pt and
-sd-vae-ft-mse/); with ``--download`` missing Hallo (or EchoMimic, for a folder named
-echomimic*) files are fetched into it first. The family is detected from the folder;
+sd-vae-ft-mse/), or one checkpoint file (Hallo's net.pth, read with the helper models of the
+pretrained_models folder it sits in; our emo.safetensors); the file is checked from its header
+before the network is built, and one line says what was read. With ``--download`` missing
+Hallo (or EchoMimic, for a folder named echomimic*) files are fetched into it first. The family is detected from the folder;
 EchoMimic's accelerated weights default to 6 steps without guidance (cfg 1).
 ``--tiny``: random tiny weights, fully offline: the output is noise, it only shows that
 everything runs; ``--tiny-family`` picks the layout (hallo, emo, echomimic).
+
+Every option is checked before anything is loaded, and the output is checked to be writable:
+a bad value ends with ``error: <option>: expected ..., got ...`` and exit code 2. Ctrl-C or
+SIGTERM stops the run and deletes the partial output (exit codes 130 / 143).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", required=True, help="speech or singing (wav/mp3/flac/m4a or a video's audio track)")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", help="model folder (Hallo's pretrained_models layout or ours); "
-                                       "default: $EMO_MODELS_DIR/emo/hallo or ~/.cache/emo_portrait/models/emo/hallo")
+    src.add_argument("--weights", help="model folder (Hallo's pretrained_models layout, ours, EchoMimic's) or one "
+                                       "checkpoint file (Hallo's hallo/net.pth, our emo.safetensors); default: "
+                                       "$EMO_MODELS_DIR/emo/hallo or ~/.cache/emo_portrait/models/emo/hallo")
     src.add_argument("--tiny", action="store_true", help="random tiny weights, offline smoke test: the output is noise")
     p.add_argument("--tiny-family", choices=("hallo", "emo", "echomimic"), default=None,
                    help="layout of the --tiny preset (default hallo; implies --tiny)")
@@ -36,21 +45,132 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the folder holds only those)")
     p.add_argument("--download", action="store_true", help="download missing Hallo (or EchoMimic) files into the "
                                                            "weights folder")
-    p.add_argument("--size", type=int, default=512, help="output side in pixels, multiple of 64 (default 512; --tiny: 64)")
-    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--size", type=int, default=512,
+                   help="output side in pixels, a multiple of the model's size multiple (64 for every released "
+                        "model; default 512; --tiny: 64)")
+    p.add_argument("--fps", type=float, default=25.0, help="frames per second of the video (> 0; default 25)")
     p.add_argument("--steps", type=int, default=None,
-                   help="DDIM steps (default 40; EchoMimic 30, accelerated 6; --tiny: 4)")
+                   help="DDIM steps, 1 to 1000 (default 40; EchoMimic 30, accelerated 6; --tiny: 4)")
     p.add_argument("--cfg", type=float, default=None,
-                   help="classifier-free guidance scale (default 3.5; EchoMimic 2.5, accelerated 1 = none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--speed", type=float, default=None, help="constant head-rotation speed target, degrees per frame "
-                                                             "(models with speed layers)")
+                   help="classifier-free guidance scale >= 0 (default 3.5; EchoMimic 2.5, accelerated 1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2^64-1")
+    p.add_argument("--speed", type=float, default=None,
+                   help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")
     p.add_argument("--motion-start", choices=("reference", "zeros"), default="reference")
-    p.add_argument("--expand", type=float, default=1.2, help="face box growth for the face-locator mask")
+    p.add_argument("--expand", type=float, default=1.2, help="face box growth for the face-locator mask (> 0)")
     p.add_argument("--no-face", choices=("error", "full_frame"), default="error", help="what to do without a face")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
-    p.add_argument("--crf", type=float, default=18, help="H.264 quality (lower is better)")
+    p.add_argument("--crf", type=float, default=18, help="H.264 quality, 0 to 51 (lower is better; default 18)")
+
+
+class UsageError(ValueError):
+    """A bad option, found before any model work: ``<option>: expected ..., got ...``."""
+
+
+def model_size_multiple(args) -> int:
+    """The side multiple of the model ``args`` will load, read from its config alone (no weights):
+    the tiny preset's, an EMO folder's config.json, else SD1.5's 64 (Hallo, EchoMimic)."""
+    import json
+
+    from .config import EmoConfig
+
+    if args.tiny or args.tiny_family is not None:
+        family = args.tiny_family or "hallo"
+        return EmoConfig.tiny(family=family, speed=family != "hallo").size_multiple
+    weights = Path(args.weights).expanduser() if args.weights else default_weights()
+    config = weights if weights.is_dir() else weights.parent
+    try:
+        meta = json.loads((config / "config.json").read_text())
+        if meta.get("format") == "emo-portrait":
+            return EmoConfig.from_dict(meta["config"]).size_multiple
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not our folder (or a broken config, reported by the loader)
+    return EmoConfig.hallo().size_multiple
+
+
+def validate_args(args) -> None:
+    """Checks every option before anything is loaded; raises UsageError naming the option.
+    Also makes sure the output can be written (so no generated video is lost at the end)."""
+    from . import checks
+    from .video_out import OutputPathError, check_output_path
+
+    if args.tiny_family is not None and args.weights:
+        raise UsageError("--tiny-family: it selects the layout of the --tiny preset and cannot be combined with "
+                         f"--weights, got --weights {args.weights}")
+    for option, check, value in (("--steps", checks.steps, args.steps), ("--cfg", checks.guidance, args.cfg),
+                                 ("--speed", checks.speed, args.speed), ("--fps", checks.fps, args.fps),
+                                 ("--seed", checks.seed, args.seed), ("--crf", checks.crf, args.crf),
+                                 ("--expand", checks.expand, args.expand)):
+        if value is not None:
+            try:
+                check(value, option)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+    tiny = args.tiny or args.tiny_family is not None
+    if not (tiny and args.size == 512):  # --tiny turns the default 512 into 64
+        try:
+            checks.size(args.size, model_size_multiple(args), "--size")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    image = Path(args.image).expanduser()
+    if not image.is_file():
+        raise UsageError(f"--image: expected an image file (png/jpg), got {args.image} "
+                         f"({'a folder' if image.is_dir() else 'not found'})")
+    audio = Path(args.audio).expanduser()
+    if not audio.is_file():
+        raise UsageError(f"--audio: expected an audio or video file, got {args.audio} "
+                         f"({'a folder' if audio.is_dir() else 'not found'})")
+    if args.weights and not tiny:
+        weights = Path(args.weights).expanduser()
+        if weights.exists() and not (weights.is_dir() or weights.is_file()):
+            raise UsageError(f"--weights: expected a model folder or a checkpoint file, got {args.weights}")
+    out = Path(args.output).expanduser()
+    try:
+        check_output_path(out)
+    except OutputPathError as exc:
+        raise UsageError(f"-o/--output: {exc}") from None
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"-o/--output: expected an .mp4 file name, got {args.output}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the same clean-up runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While inside: SIGTERM raises Terminated (a KeyboardInterrupt), so the mp4 writer deletes its
+    partial file exactly as on Ctrl-C. Outside the main thread nothing is installed."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resolve_weights(weights: Path) -> tuple[Path, Path | None]:
+    """(model folder, checkpoint file or None) for ``--weights``: a folder is used as it is; a
+    file (Hallo's net.pth, our emo.safetensors, EchoMimic's denoising_unet*.pth) is checked from
+    its header and its helper models (VAE, wav2vec2, face models) are read from the folder it
+    belongs to (Hallo: the pretrained_models folder above hallo/net.pth)."""
+    from .checkpoints import detect_format
+
+    if not weights.is_file():
+        return weights, None
+    fmt = detect_format(weights)  # reads the header only: a foreign file is refused here
+    if fmt == "echomimic":
+        return weights.parent, None
+    if fmt == "hallo" and weights.parent.name == "hallo":
+        return weights.parent.parent, weights
+    return weights.parent, weights
 
 
 def default_weights() -> Path:
@@ -183,7 +303,8 @@ def face_conditioning(pipe, portrait, expand: float, if_missing: str, models_dir
     return mask, regions, embedding
 
 
-def main(args) -> int:
+def generate(args) -> int:
+    """The generation itself; ``main`` has validated ``args``."""
     import torch
 
     from .checkpoints import CheckpointError
@@ -196,19 +317,13 @@ def main(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
         args.dtype, torch.float32 if device.type == "cpu" else torch.float16)
-    out = Path(args.output)
-    if out.suffix.lower() != ".mp4":
-        raise SystemExit(f"error: the output must be an .mp4 file, got {out}")
-    if not Path(args.image).is_file():
-        raise SystemExit(f"error: image {args.image} not found")
+    out = Path(args.output).expanduser()
     t0 = time.time()
     try:
         wave = load_audio(args.audio)
     except AudioError as exc:
         raise SystemExit(f"error: {exc}")
     if args.tiny_family is not None:
-        if args.weights:
-            raise SystemExit("error: --tiny-family is for the tiny preset; it cannot be combined with --weights")
         args.tiny = True
     accelerated = False
     if args.tiny:
@@ -223,6 +338,7 @@ def main(args) -> int:
     else:
         weights = Path(args.weights).expanduser() if args.weights else default_weights()
         try:
+            weights, model_file = resolve_weights(weights)
             if is_echomimic(weights):
                 pipe, audio_model, accelerated = load_echomimic_pipeline(
                     weights, accelerated=args.accelerated, download=args.download, device=device, dtype=dtype)
@@ -230,8 +346,9 @@ def main(args) -> int:
                                              weights.parent / "hallo" / "face_analysis" / "models") if d.is_dir()), None)
             else:
                 if not (weights / "config.json").is_file():  # Hallo's layout: check (and fetch) its files
-                    ensure_hallo(weights, download=args.download)
-                pipe = EmoPipeline.from_folder(weights, device=device, dtype=dtype)
+                    ensure_hallo(weights, download=args.download, exclude=() if model_file is None else
+                                 ("hallo/net.pth",))
+                pipe = load_pipeline(weights, model_file, device=device, dtype=dtype)
                 audio_model = load_wav2vec(weights / "wav2vec" / "wav2vec2-base-960h", device=device)
                 face_dir = weights / "face_analysis" / "models"
         except (ModelFileMissing, FileNotFoundError, CheckpointError, ValueError) as exc:
@@ -271,8 +388,42 @@ def main(args) -> int:
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
                                       motion_start=args.motion_start, callback=progress):
                 writer.write(clip)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"interrupted: {out} was not written", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     print(f"wrote {out} ({writer.frames_written} frames, {time.time() - t0:.1f} s)", file=sys.stderr)
     return 0
+
+
+def load_pipeline(folder: Path, model_file: Path | None, *, device, dtype):
+    """EmoPipeline of a model folder, or of one checkpoint file with the VAE of its folder; says
+    which it read (one line)."""
+    from .checkpoints import detect_format
+    from .pipeline import EmoPipeline
+    from .vae import load_vae
+
+    if model_file is None:
+        print(f"weights: {detect_format(folder)} model folder {folder}", file=sys.stderr)
+        return EmoPipeline.from_folder(folder, device=device, dtype=dtype)
+    vae_dir = next((folder / d for d in ("sd-vae-ft-mse", "vae") if (folder / d).is_dir()), None)
+    if vae_dir is None:
+        raise FileNotFoundError(f"no VAE beside {model_file}: put the sd-vae-ft-mse folder in {folder}")
+    print(f"weights: {detect_format(model_file)} checkpoint file {model_file} (VAE, audio and face models from "
+          f"{folder})", file=sys.stderr)
+    return EmoPipeline.from_folder(model_file, device=device, dtype=dtype, vae=load_vae(vae_dir, device=device))
+
+
+def main(args) -> int:
+    """Validates every option first (``error: <option>: ...`` on stderr, exit code 2), then
+    generates. Ctrl-C and SIGTERM stop it and leave no partial file (exit codes 130 / 143)."""
+    try:
+        validate_args(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with sigterm_as_interrupt():
+        try:
+            return generate(args)
+        except KeyboardInterrupt as exc:
+            print(f"interrupted: {args.output} was not written", file=sys.stderr)
+            return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130

@@ -236,12 +236,13 @@ def hallo_url(path: str, revision: str = "main") -> str:
     return f"https://huggingface.co/{HALLO_REPO}/resolve/{revision}/{path}"
 
 
-def hallo_missing(folder, include_optional: bool = False) -> list[RepoFile]:
-    """Files of HALLO_FILES absent from ``folder`` (or smaller than a plausible download)."""
+def hallo_missing(folder, include_optional: bool = False, exclude=()) -> list[RepoFile]:
+    """Files of HALLO_FILES absent from ``folder`` (or smaller than a plausible download);
+    ``exclude``: paths not needed (e.g. hallo/net.pth when a checkpoint file is given)."""
     folder = Path(folder).expanduser()
     out = []
     for f in HALLO_FILES:
-        if not (f.required or include_optional):
+        if not (f.required or include_optional) or f.path in exclude:
             continue
         p = folder / f.path
         if not p.is_file() or p.stat().st_size < f.min_bytes:
@@ -253,14 +254,14 @@ def hallo_instructions(folder, missing: Optional[list] = None) -> str:
     """What to put where when the Hallo files cannot be downloaded."""
     folder = Path(folder).expanduser()
     missing = hallo_missing(folder) if missing is None else missing
-    lines = [f"Hallo model files are missing from {folder}. Download them (e.g. `huggingface-cli download "
-             f"{HALLO_REPO} --local-dir {folder}`) or copy Hallo's pretrained_models/ there, so that:"]
+    lines = [f"Hallo model files are missing from {folder}. Download them (e.g. `hf download "
+             f"{HALLO_REPO} --local-dir {folder}`, huggingface_hub's command line) or copy Hallo's pretrained_models/ there, so that:"]
     for f in missing:
         lines.append(f"  {folder / f.path}   <- {hallo_url(f.path)}  ({f.description})")
     return "\n".join(lines)
 
 
-def ensure_hallo(folder, *, download: bool = True, include_optional: bool = False,
+def ensure_hallo(folder, *, download: bool = True, include_optional: bool = False, exclude=(),
                  progress_callback: Optional[Callable[[str, int, Optional[int]], None]] = None) -> Path:
     """Makes sure Hallo's inference files are in ``folder`` (Hallo's pretrained_models layout),
     downloading the missing ones one by one (atomically, see :func:`ensure_file`).
@@ -270,7 +271,7 @@ def ensure_hallo(folder, *, download: bool = True, include_optional: bool = Fals
     A file that exists but is implausibly small is reported as broken, never overwritten.
     """
     folder = Path(folder).expanduser()
-    missing = hallo_missing(folder, include_optional)
+    missing = hallo_missing(folder, include_optional, exclude)
     broken = [f for f in missing if (folder / f.path).is_file()]
     if broken:
         raise ModelFileMissing(
@@ -285,7 +286,8 @@ def ensure_hallo(folder, *, download: bool = True, include_optional: bool = Fals
         try:
             ensure_file(hallo_url(f.path), folder / f.path, progress_callback=cb, timeout=120.0)
         except ModelFileMissing as exc:
-            raise ModelFileMissing(f"{exc}\n\n" + hallo_instructions(folder)) from exc
+            raise ModelFileMissing(f"{exc}\n\n" + hallo_instructions(folder, hallo_missing(folder, include_optional,
+                                                                                          exclude))) from exc
         if (folder / f.path).stat().st_size < f.min_bytes:
             bad = folder / f.path
             size = bad.stat().st_size

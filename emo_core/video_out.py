@@ -12,6 +12,7 @@ it, so an interrupted run never leaves a half-written mp4 behind.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from fractions import Fraction
@@ -27,10 +28,43 @@ class VideoWriteError(RuntimeError):
     """The mp4 could not be written (bad frames, codec problem); no file was left behind."""
 
 
+class OutputPathError(VideoWriteError):
+    """The output path cannot be written (a folder, no permission, ...): found before any work."""
+
+
+def check_output_path(path) -> Path:
+    """Makes sure a video can be written to ``path`` before anything is generated: it is not a
+    folder, and its folder accepts a new file (a temporary file is created there and removed),
+    or, when the folder does not exist yet, its nearest existing parent lets it be created.
+    Creates nothing that stays. Raises OutputPathError with the reason."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; expected a file name such as {path / 'out.mp4'}")
+    if path.exists() and not path.is_file():
+        raise OutputPathError(f"{path} exists and is not a regular file")
+    parent = path.parent.resolve()
+    if parent.is_dir():
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=parent)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write in the folder {parent} ({exc.strerror or exc})") from None
+        os.close(fd)
+        os.unlink(name)
+        return path
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot create the folder {parent}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot create the folder {parent}: no permission to write in {existing}")
+    return path
+
+
 def fps_fraction(fps: float) -> Fraction:
     """25 -> 25/1, 29.97 -> 2997/100; exact for the usual rates."""
-    if not fps or fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if not fps or not math.isfinite(float(fps)) or fps <= 0:
+        raise ValueError(f"fps: expected a finite number > 0, got {fps}")
     return Fraction(round(float(fps) * 1000), 1000).limit_denominator(100000)
 
 
@@ -64,6 +98,8 @@ class Mp4Writer:
                  preset: str = "medium", audio_bitrate: int = 128_000):
         self.path = Path(path).expanduser()
         self.rate = fps_fraction(fps)
+        if not 0 <= float(crf) <= 51:
+            raise ValueError(f"crf: expected a number from 0 to 51, got {crf}")
         self.fps = float(fps)
         self.crf, self.preset, self.audio_bitrate = crf, preset, int(audio_bitrate)
         self.frames_written = 0
@@ -92,8 +128,13 @@ class Mp4Writer:
     def _open(self, height: int, width: int) -> None:
         import av
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
+        if self.path.is_dir():
+            raise OutputPathError(f"{self.path} is a folder, not a file name")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {self.path} ({exc.strerror or exc})") from None
         os.close(fd)
         self._tmp = Path(name)
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
