@@ -58,10 +58,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")
     p.add_argument("--motion-start", choices=("reference", "zeros"), default="reference")
     p.add_argument("--expand", type=float, default=1.2, help="face box growth for the face-locator mask (> 0)")
-    p.add_argument("--no-face", choices=("error", "full_frame"), default="error", help="what to do without a face")
+    p.add_argument("--no-face", choices=("error", "full_frame"), default="error",
+                   help="without a credible face: stop with the reason (error), or use the photo's centre square "
+                        "as the face region (full_frame)")
+    p.add_argument("--framing", choices=("face", "center"), default="face",
+                   help="face: find the face on the whole photo and crop a square around it (default); center: "
+                        "the photo's centre square")
+    p.add_argument("--margin", type=_fraction("--margin", 5.0), default=0.5,
+                   help="space around the face box on each side, as a fraction of the box's side: the square "
+                        "is box side x (1 + 2 x margin) (default 0.5: the face box is half the square)")
+    p.add_argument("--feather", type=_fraction("--feather", 0.5), default=0.1,
+                   help="width of the paste-back blend, as a fraction of the square's side (0 to 0.5; default 0.1)")
+    p.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                   help="write the square the model made (--size pixels) instead of pasting it back into the "
+                        "photo (by default the video has the photo's size)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     p.add_argument("--crf", type=float, default=18, help="H.264 quality, 0 to 51 (lower is better; default 18)")
+
+
+def _fraction(option: str, high: float):
+    """argparse type: a finite number from 0 to ``high`` (bad values: exit code 2 naming ``option``)."""
+    def parse(text: str) -> float:
+        from . import checks
+
+        try:
+            return checks.number(float(text), option, low=0.0, high=high)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc) if option in str(exc) else f"{option}: expected a number "
+                                             f"from 0 to {high:g}, got {text!r}") from None
+    return parse
 
 
 class UsageError(ValueError):
@@ -237,21 +263,30 @@ def tiny_audio_model(cfg):
     return tiny_wav2vec(cfg.audio.feature_dim, cfg.audio.feature_blocks)
 
 
-def load_portrait(path, size: int):
-    """Image file -> [size, size, 3] float 0..1 (centre square crop, bicubic resize)."""
+def load_portrait(path, size: int, *, framing: str = "face", margin: float = 0.5, if_missing: str = "error",
+                  models_dir=None):
+    """Image file -> (FramedPortrait: the model's [size, size, 3] float portrait, its Framing in the
+    photo and the face in the portrait's pixels; the photo, uint8 [H, W, 3]). ``framing="face"``
+    finds a credible face on the whole photo and crops a square around it (see
+    emo_core.preprocess.framing); ``"center"`` takes the centre square and finds the face in it.
+    Prints the chosen face and crop in one line."""
     import numpy as np
-    import torch
-    from PIL import Image
+    from PIL import Image, ImageOps
+
+    from .preprocess.face import NoFaceError
+    from .preprocess.framing import frame_portrait
 
     try:
-        im = Image.open(path).convert("RGB")
+        with Image.open(path) as im:
+            photo = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # phone photos: upright as shown
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: cannot read the image {path}: {exc}")
-    w, h = im.size
-    side = min(w, h)
-    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    im = im.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(im, np.float32) / 255.0)
+    try:
+        framed = frame_portrait(photo, size, mode=framing, margin=margin, if_no_face=if_missing, models_dir=models_dir)
+    except NoFaceError as exc:
+        raise SystemExit(f"error: {exc} (--no-face full_frame continues without one)")
+    print(framed.framing.describe(), file=sys.stderr)
+    return framed, photo
 
 
 def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
@@ -270,23 +305,19 @@ def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
     return model.eval().requires_grad_(False)
 
 
-def face_conditioning(pipe, portrait, expand: float, if_missing: str, models_dir):
-    """(face-locator mask [H, W], region masks per level or None, identity embedding or None)."""
+def face_conditioning(pipe, portrait, face, expand: float, models_dir):
+    """(face-locator mask [H, W], region masks per level or None, identity embedding or None) of
+    ``face`` (in the portrait's pixels; score 0: the full-frame fallback)."""
     import warnings
 
     import numpy as np
     import torch
 
-    from .preprocess.face import Face, FaceAnalyzer, NoFaceError
+    from .preprocess.face import Face
     from .preprocess.masks import face_box_mask, hallo_region_masks, region_masks_per_level
 
     h, w = portrait.shape[:2]
     img = (portrait.numpy() * 255 + 0.5).astype(np.uint8)
-    try:
-        with FaceAnalyzer(models_dir=models_dir) as analyzer:
-            face = analyzer.analyze(img, if_missing=if_missing)
-    except NoFaceError as exc:
-        raise SystemExit(f"error: {exc} (--no-face full_frame continues without one)")
     mask = face_box_mask(face, h, w, expand)
     regions = None
     if pipe.cfg.audio.region_attention:
@@ -296,7 +327,7 @@ def face_conditioning(pipe, portrait, expand: float, if_missing: str, models_dir
                                    face_expand_ratio=expand)
         regions = region_masks_per_level(r, h, levels=len(pipe.cfg.unet.block_out_channels))
     embedding = None
-    if pipe.cfg.identity_dim is not None and models_dir is not None:
+    if pipe.cfg.identity_dim is not None and models_dir is not None and face.score > 0:
         from .preprocess.identity import FaceEmbedder
 
         embedding = torch.from_numpy(FaceEmbedder(models_dir=models_dir).embed(img, face))
@@ -312,6 +343,7 @@ def generate(args) -> int:
     from .pipeline import EmoPipeline
     from .preprocess.audio_features import load_wav2vec
     from .preprocess.audio_io import AudioError, load_audio
+    from .preprocess.framing import PasteBack
     from .video_out import Mp4Writer
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -362,8 +394,10 @@ def generate(args) -> int:
     multiple = pipe.cfg.size_multiple
     if size % multiple:
         raise SystemExit(f"error: --size {size} is not a multiple of {multiple}")
-    portrait = load_portrait(args.image, size)
-    mask, regions, embedding = face_conditioning(pipe, portrait, args.expand, args.no_face, face_dir)
+    framed, photo = load_portrait(args.image, size, framing=args.framing, margin=args.margin,
+                                  if_missing=args.no_face, models_dir=face_dir)
+    portrait = framed.portrait
+    mask, regions, embedding = face_conditioning(pipe, portrait, framed.face, args.expand, face_dir)
     try:
         windows = audio_conditioning(pipe, audio_model, wave, args.fps)
     except ValueError as exc:
@@ -382,12 +416,17 @@ def generate(args) -> int:
         if info["step"] == info["steps"]:
             print(f"  clip {info['clip']}/{info['clips']} done ({time.time() - t0:.1f} s)", file=sys.stderr)
 
+    paste = PasteBack(photo, framed.framing, feather=args.feather) if args.paste_back else None
+    if paste is not None:
+        print(f"pasting the animated square back into the {photo.shape[1]}x{photo.shape[0]} photo "
+              f"(feather {args.feather:g})", file=sys.stderr)
     try:
         with Mp4Writer(out, args.fps, audio=wave, sample_rate=16000, crf=args.crf) as writer:
             for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
                                       motion_start=args.motion_start, callback=progress):
-                writer.write(clip)
+                for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
+                    writer.write(part)
     except KeyboardInterrupt as exc:
         print(f"interrupted: {out} was not written", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
