@@ -23,7 +23,52 @@ CONFIG_FILE = "config.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is unreadable or does not fit the model it is loaded into."""
+    """A model file is unreadable or does not fit the model it is loaded into; the message names
+    the file and what was expected. Every loader (network, VAE, wav2vec2, whisper, face models)
+    raises this one type."""
+
+
+def torch_load(path: str | Path, *, mmap: bool = False):
+    """``torch.load(weights_only=True)`` with readable refusals: a pickle that needs globals (code)
+    to load, or a file that is no torch checkpoint, is a CheckpointError naming the file.
+    ``mmap``: tensors stay in the file until read (for reading names and shapes only)."""
+    path = Path(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not mmap or "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: this pickle checkpoint needs more than plain tensors to load: it needs pickle globals "
+            f"({_unpickling_reason(e)}). Only weights-only checkpoints are loaded, no pickle code runs: use the "
+            "model's .safetensors file if it has one, or convert this one to safetensors (or re-save just its "
+            "state_dict) with the tool that made it.") from e
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The useful line of torch's weights-only refusal (which global it met), without its advice
+    to load with weights_only=False."""
+    import re
+
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it refers to {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return found.group(1).strip() if found else text.splitlines()[0].strip()
+
+
+def _as_state_dict(obj, path: Path) -> dict:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict), got a {type(obj).__name__}")
+    return obj
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -35,20 +80,24 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: this pickle checkpoint needs more than plain tensors to load ({str(e).splitlines()[0]}). "
-            "Only weights-only checkpoints are accepted: convert it to safetensors with the tool that made it, "
-            "or re-save just its state_dict.") from e
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict)")
-    return sd
+    return _as_state_dict(torch_load(path), path)
+
+
+def read_header(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's tensors without reading their data: the safetensors
+    header, or a .pth/.bin/.ckpt opened memory-mapped (weights_only). Fast for any file size."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # SafetensorError (bad header, truncated file), OSError
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    return {k: tuple(v.shape) for k, v in _as_state_dict(torch_load(path, mmap=True), path).items()}
 
 
 def find_weights(folder: Path, stem: str) -> Path:
@@ -70,13 +119,41 @@ def _keys_report(what: str, missing, unexpected, mismatched, limit: int = 12) ->
 
 def check_keys(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, *, allow_missing=()) -> None:
     """Raises CheckpointError naming missing, unexpected and mis-shaped keys."""
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in sd and not any(k.startswith(p) for p in allow_missing))
-    unexpected = sorted(k for k in sd if k not in own)
-    mismatched = sorted(f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in sd if k in own and sd[k].shape != own[k].shape)
+    check_shapes({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in sd.items()}, what, allow_missing=allow_missing)
+
+
+def check_shapes(own: dict[str, tuple], found: dict[str, tuple], what: str, *, allow_missing=()) -> None:
+    """``check_keys`` on names and shapes alone (a model's expected ones against a file's header)."""
+    missing = sorted(k for k in own if k not in found and not any(k.startswith(p) for p in allow_missing))
+    unexpected = sorted(k for k in found if k not in own)
+    mismatched = sorted(f"{k} {tuple(found[k])} vs model {tuple(own[k])}"
+                        for k in found if k in own and tuple(found[k]) != tuple(own[k]))
     if missing or unexpected or mismatched:
         raise CheckpointError(_keys_report(what, missing, unexpected, mismatched))
+
+
+def expected_shapes(cfg: EmoConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter and buffer name of an EmoNet of ``cfg`` with its shape, from a network
+    built on the meta device (no memory, well under a second even at Hallo's size)."""
+    from .models.emo import EmoNet
+
+    with torch.device("meta"):
+        net = EmoNet(cfg)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_checkpoint(weights: Path, cfg: EmoConfig, fmt: str) -> None:
+    """Refuses a checkpoint that cannot fit an EmoNet of ``cfg`` from its header alone, before
+    the network is built: not an EMO/Hallo file at all, or names / shapes that differ."""
+    header = read_header(weights)
+    if not any(k.startswith("denoising_unet.") for k in header):
+        prefixes = sorted({k.split(".", 1)[0] for k in header})
+        shown = ", ".join(prefixes[:8]) + (", ..." if len(prefixes) > 8 else "")
+        raise CheckpointError(f"{weights}: not an EMO or Hallo checkpoint: expected the keys of Hallo's net.pth "
+                              "(denoising_unet., reference_unet., face_locator., imageproj., audioproj.), found "
+                              f"{len(header)} tensors under {shown or 'no names'}")
+    check_shapes(expected_shapes(cfg), header, f"{fmt} checkpoint {weights}")
 
 
 def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, *, allow_missing=()) -> None:
@@ -106,15 +183,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def _peek_keys(path: Path) -> list[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                return list(f.keys())
-        except Exception as e:  # SafetensorError (bad header, truncated file), OSError
-            raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}) [{path}]") from e
-    return list(load_state_dict(path))
+    """The tensor names of a checkpoint, from its header (no tensor data is read)."""
+    return list(read_header(path))
 
 
 def save_model(net, folder: str | Path) -> Path:
@@ -139,10 +209,17 @@ def load_model(path: str | Path, device="cpu", dtype=torch.float32, config: EmoC
     fmt = detect_format(path)
     if fmt == "emo":
         folder = path if path.is_dir() else path.parent
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        if meta.get("format") != FORMAT_NAME:
-            raise CheckpointError(f"{folder / CONFIG_FILE} is not an {FORMAT_NAME} config")
-        cfg = config or EmoConfig.from_dict(meta["config"])
+        try:
+            meta = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: not a readable JSON config ({e})") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or "config" not in meta:
+            raise CheckpointError(f"{folder / CONFIG_FILE} is not an {FORMAT_NAME} config (expected "
+                                  f'{{"format": "{FORMAT_NAME}", "config": ...}})')
+        try:
+            cfg = config or EmoConfig.from_dict(meta["config"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: its model config is not valid ({e})") from e
         weights = folder / WEIGHTS_FILE
     elif fmt == "hallo":
         cfg = config or EmoConfig.hallo()
@@ -154,6 +231,7 @@ def load_model(path: str | Path, device="cpu", dtype=torch.float32, config: EmoC
         from .echomimic import load_echomimic
 
         return load_echomimic(path if path.is_dir() else path.parent, config=config, device=device, dtype=dtype)
+    check_checkpoint(weights, cfg, fmt)  # from the header: a foreign file is refused before the build
     net = EmoNet(cfg)
     load_strict(net, load_state_dict(weights), f"{fmt} checkpoint {weights}")
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
