@@ -330,7 +330,7 @@ def face_conditioning(pipe, portrait, face, expand: float, models_dir):
     if pipe.cfg.identity_dim is not None and models_dir is not None and face.score > 0:
         from .preprocess.identity import FaceEmbedder
 
-        embedding = torch.from_numpy(FaceEmbedder(models_dir=models_dir).embed(img, face))
+        embedding = torch.from_numpy(FaceEmbedder(models_dir=models_dir, dim=pipe.cfg.identity_dim).embed(img, face))
     return mask, regions, embedding
 
 

@@ -4,40 +4,30 @@ from __future__ import annotations
 
 import warnings
 
-from .types import CATEGORY, EMO_MODEL, EMO_REFERENCE
+from emo_core.preprocess.framing import DEFAULT_MARGIN, MAX_MARGIN
+
+from .common import EmoNodeError
+from .types import CATEGORY, EMO_FRAMING, EMO_MODEL, EMO_REFERENCE
 
 
-def prepare_portrait(image, size: int, crop: str, multiple: int):
-    """IMAGE [B, H, W, C] -> [H', W', 3] float (first image): centre-cropped to a square and
-    resized to ``size`` (crop="center"), or resized to the nearest multiples (crop="none")."""
-    import torch.nn.functional as F
+def frame(emo_model, image, size: int, crop: str, margin: float, if_no_face: str):
+    """IMAGE [B, H, W, C] -> emo_core's FramedPortrait of the first image (portrait, framing, face)."""
+    from emo_core.preprocess.face import NoFaceError
+    from emo_core.preprocess.framing import frame_portrait
 
-    img = image[0] if image.ndim == 4 else image
-    img = img[..., :3].float().cpu()
-    h, w = img.shape[:2]
-    if crop == "center":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        img = img[top:top + side, left:left + side]
-        th = tw = size if size > 0 else max(multiple, side // multiple * multiple)
-    elif crop == "none":
-        if size > 0:
-            scale = size / max(h, w)
-            th, tw = max(multiple, round(h * scale / multiple) * multiple), max(multiple, round(w * scale / multiple) * multiple)
-        else:
-            th, tw = max(multiple, h // multiple * multiple), max(multiple, w // multiple * multiple)
-    else:
-        raise ValueError(f"crop must be 'center' or 'none', got {crop!r}")
-    if th % multiple or tw % multiple:
-        raise ValueError(f"size {tw}x{th} is not a multiple of {multiple} (the network downsamples by {multiple})")
-    if tuple(img.shape[:2]) != (th, tw):
-        img = F.interpolate(img.permute(2, 0, 1)[None], size=(th, tw), mode="bicubic", align_corners=False,
-                            antialias=True)[0].permute(1, 2, 0)
-    return img.clamp(0, 1).contiguous()
+    if image is None or image.ndim != 4 or image.shape[0] < 1:
+        raise EmoNodeError(f"image must be an IMAGE batch [B, H, W, C]; got {None if image is None else tuple(image.shape)}")
+    try:
+        return frame_portrait(image[0], size, mode=crop, margin=margin, if_no_face=if_no_face,
+                              models_dir=emo_model.face_models_dir(), multiple=emo_model.cfg.size_multiple,
+                              detect=crop == "face")
+    except NoFaceError as exc:
+        raise EmoNodeError(f"{exc} (if_no_face: full_frame continues without one; crop: center skips the search)") from exc
 
 
-def identity_embedding(emo_model, portrait):
-    """ArcFace embedding for models with identity tokens (Hallo), or None (zeros are used)."""
+def identity_embedding(emo_model, portrait, face=None):
+    """ArcFace embedding for models with identity tokens (Hallo), or None (zeros are used).
+    ``face``: already found in ``portrait`` (score 0 = none), else it is looked up here."""
     if emo_model.cfg.identity_dim is None or emo_model.tiny:
         return None
     import torch
@@ -46,13 +36,14 @@ def identity_embedding(emo_model, portrait):
     from emo_core.preprocess.identity import FaceEmbedder
 
     models_dir = emo_model.face_models_dir()
-    embedder = FaceEmbedder(models_dir=models_dir)
+    embedder = FaceEmbedder(models_dir=models_dir, dim=emo_model.cfg.identity_dim)
     if not embedder.available:
         embedder.embed(None, None)  # warns once, with where to put the file
         return None
-    with FaceAnalyzer(models_dir=models_dir) as analyzer:
-        face = analyzer.analyze(portrait.numpy(), if_missing="none")
     if face is None:
+        with FaceAnalyzer(models_dir=models_dir) as analyzer:
+            face = analyzer.analyze(portrait.numpy(), if_missing="none")
+    if face is None or face.score <= 0:
         warnings.warn("no face in the portrait: identity tokens are zeros", stacklevel=2)
         return None
     return torch.from_numpy(embedder.embed(portrait.numpy(), face))
@@ -61,38 +52,51 @@ def identity_embedding(emo_model, portrait):
 class EmoReferenceEncode:
     CATEGORY = CATEGORY
     FUNCTION = "encode"
-    RETURN_TYPES = (EMO_REFERENCE, "IMAGE")
-    RETURN_NAMES = ("reference", "image")
-    DESCRIPTION = ("Prepares the portrait (crop + resize to a multiple of 64), encodes it with the VAE and runs "
-                   "ReferenceNet once; the features are cached for every clip. 'image' is the prepared portrait: "
-                   "make the face mask from it.")
+    RETURN_TYPES = (EMO_REFERENCE, "IMAGE", EMO_FRAMING)
+    RETURN_NAMES = ("reference", "image", "framing")
+    DESCRIPTION = ("Prepares the portrait (by default a square around the face found on the whole photo, resized "
+                   "to a multiple of 64), encodes it with the VAE and runs ReferenceNet once; the features are "
+                   "cached for every clip. 'image' is the prepared portrait: make the face mask from it. "
+                   "'framing' says where it came from: EMO Paste Back puts the animated frames back into the photo.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "emo_model": (EMO_MODEL, {}),
-                "image": ("IMAGE", {"tooltip": "the portrait (first image of the batch is used)"}),
+                "emo_model": (EMO_MODEL, {"tooltip": "from EMO Model Loader (its face models find the face)"}),
+                "image": ("IMAGE", {"tooltip": "the portrait photo, any size (first image of the batch is used)"}),
                 "size": ("INT", {"default": 512, "min": 0, "max": 2048, "step": 64,
-                                 "tooltip": "output side in pixels (Hallo: 512); 0 keeps the size, rounded down to 64"}),
-                "crop": (["center", "none"], {"default": "center",
-                                              "tooltip": "center: square centre crop (Hallo's weights want squares)"}),
+                                 "tooltip": "output side in pixels (Hallo: 512); 0 keeps the crop's size, rounded "
+                                            "down to 64"}),
+                "crop": (["face", "center", "none"], {
+                    "default": "face",
+                    "tooltip": "face: a square around the most credible face on the whole photo (refuses photos "
+                               "without one, see if_no_face); center: the centre square; none: the whole photo "
+                               "resized (Hallo's weights want squares)"}),
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "encode the portrait with this VAE instead of the model's"}),
                 "identity": ("BOOLEAN", {"default": True, "tooltip": "compute the ArcFace identity embedding (Hallo)"}),
+                "margin": ("FLOAT", {"default": DEFAULT_MARGIN, "min": 0.0, "max": MAX_MARGIN, "step": 0.05,
+                                     "tooltip": "crop 'face': space around the face box on each side, as a fraction "
+                                                "of its side (the square is box x (1 + 2 x margin); 0.5: the face "
+                                                "box is half the square)"}),
+                "if_no_face": (["error", "full_frame"], {
+                    "default": "error",
+                    "tooltip": "crop 'face' without a credible face: stop with the reason, or use the photo's "
+                               "centre square as the face region"}),
             },
         }
 
-    def encode(self, emo_model, image, size=512, crop="center", vae=None, identity=True):
+    def encode(self, emo_model, image, size=512, crop="face", vae=None, identity=True, margin=DEFAULT_MARGIN,
+               if_no_face="error"):
         import torch
 
         from .model import ComfyVae
 
-        if image is None or image.ndim != 4 or image.shape[0] < 1:
-            raise ValueError(f"image must be an IMAGE batch [B, H, W, C]; got {None if image is None else tuple(image.shape)}")
-        portrait = prepare_portrait(image, int(size), crop, emo_model.cfg.size_multiple)
-        emb = identity_embedding(emo_model, portrait) if identity else None
+        framed = frame(emo_model, image, int(size), crop, float(margin), if_no_face)
+        portrait = framed.portrait
+        emb = identity_embedding(emo_model, portrait, framed.face) if identity else None
         with emo_model.loaded() as pipe:
             if vae is not None:
                 latent = ComfyVae(vae).encode_images(portrait[None]).to(pipe.device, pipe.dtype)
@@ -105,7 +109,7 @@ class EmoReferenceEncode:
                 state = pipe.encode_reference(portrait, face_embedding=emb)
             state = state.to("cpu")
         ref = {"state": state, "image": portrait, "size": tuple(portrait.shape[:2]), "model_key": emo_model.key}
-        return (ref, portrait[None].clone())
+        return (ref, portrait[None].clone(), framed.framing)
 
 
 NODE_CLASS_MAPPINGS = {"EmoReferenceEncode": EmoReferenceEncode}

@@ -7,8 +7,9 @@ follows insightface's ``norm_crop``: a similarity transform (Umeyama) from the f
 (eyes, nose tip, mouth corners) to the ArcFace 112x112 template, bilinear warp with a
 black border; the network input is RGB, (x - 127.5) / 127.5, NCHW.
 
-Without the model file: a warning and a zero embedding (Hallo also uses zeros when it
-finds no face), never a crash.
+Without the model file: a warning and a zero embedding of the width the model's identity
+tokens take (``dim``; Hallo also uses zeros when it finds no face), never a crash. An ArcFace
+file whose output is not ``dim`` wide is a CheckpointError saying both widths.
 """
 from __future__ import annotations
 
@@ -86,11 +87,14 @@ class FaceEmbedder:
     (``glintr100.onnx``, Hallo's, preferred; else ``w600k_r50.onnx``; or ``model_path``).
 
     ``embed`` returns the raw embedding (as Hallo uses it); ``normalize=True`` gives the
-    L2-normalised one. Without a model file: one warning, then zeros.
+    L2-normalised one. Without a model file: one warning, then zeros of ``dim`` (the width
+    the model's identity projection takes, ``EmoConfig.identity_dim``).
     """
 
     def __init__(self, models_dir=None, model_path=None, providers=None,
-                 input_mean: float = 127.5, input_std: float = 127.5, normalize: bool = False):
+                 input_mean: float = 127.5, input_std: float = 127.5, normalize: bool = False,
+                 dim: int | None = EMBED_DIM):
+        self.dim = int(dim or EMBED_DIM)
         self.model_path = self._find(models_dir, model_path)
         self.providers = providers or ["CPUExecutionProvider"]
         self.input_mean, self.input_std = float(input_mean), float(input_std)
@@ -131,7 +135,14 @@ class FaceEmbedder:
 
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=self.providers)
+            try:
+                self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=self.providers)
+            except Exception as exc:  # onnxruntime's InvalidProtobuf / Fail / InvalidGraph
+                from ..checkpoints import CheckpointError
+
+                raise CheckpointError(f"{self.model_path}: not a usable ONNX model, expected insightface's ArcFace "
+                                      f"recognition model (glintr100.onnx or w600k_r50.onnx) "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         return self._session
 
     def embed_aligned(self, crop: np.ndarray) -> np.ndarray:
@@ -141,18 +152,24 @@ class FaceEmbedder:
         x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
         inp = sess.get_inputs()[0]
         out = sess.run(None, {inp.name: x})[0].reshape(-1).astype(np.float32)
+        if out.shape[0] != self.dim:
+            from ..checkpoints import CheckpointError
+
+            raise CheckpointError(f"{self.model_path} gives {out.shape[0]}-d face embeddings but this model's identity "
+                                  f"tokens take {self.dim}-d ones: use the ArcFace model it was trained with "
+                                  "(Hallo: glintr100.onnx, 512-d)")
         if self.normalize:
             out = out / max(float(np.linalg.norm(out)), 1e-12)
         return out
 
     def embed(self, image, face: Optional[Face]) -> np.ndarray:
-        """np.float32[512] identity embedding of ``face`` in ``image`` (zeros, with a warning,
+        """np.float32[dim] identity embedding of ``face`` in ``image`` (zeros, with a warning,
         when there is no model file or no face/points)."""
         if not self.available:
             self._warn_missing()
-            return np.zeros(EMBED_DIM, np.float32)
+            return np.zeros(self.dim, np.float32)
         if face is None or (face.landmarks is None and face.keypoints is None):
             warnings.warn("no face landmarks for the identity embedding: using zeros", stacklevel=2)
-            return np.zeros(EMBED_DIM, np.float32)
+            return np.zeros(self.dim, np.float32)
         crop = align_face(image, face.five_points())
         return self.embed_aligned(crop)
