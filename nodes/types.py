@@ -25,12 +25,21 @@ EMO_SPEED      dict: "speed" [T] float32 degrees per frame or None, "constant" f
                (one target for every frame), "fps" float (frames the series is measured in).
 EMO_REGIONS    dict: "full" / "face" / "lip" [H, W] float masks (Hallo's audio-attention
                regions of the reference face), "size" (H, W).
+EMO_FRAMING    ``emo_core.preprocess.framing.Framing`` (frozen dataclass): where EMO Reference
+               Encode's prepared portrait comes from in the photo. "box" (x0, y0, x1, y1) int
+               pixels of the photo (may reach past its border: that part was filled per
+               "pad_mode", "edge" or "reflect"), "image_size" the photo's (H, W), "size" the
+               portrait's (H, W), "face_box" the chosen face (x0, y0, x1, y1) or None, "score"
+               its detector score, "mode" ("face", "center", "none", "full_frame"),
+               "other_faces" ((box, score, reason or None), ...) the detections not used.
+               EMO Paste Back reads it.
 """
 EMO_MODEL = "EMO_MODEL"
 EMO_AUDIO = "EMO_AUDIO"
 EMO_REFERENCE = "EMO_REFERENCE"
 EMO_SPEED = "EMO_SPEED"
 EMO_REGIONS = "EMO_REGIONS"
+EMO_FRAMING = "EMO_FRAMING"
 CATEGORY = "EMO"
 
 # Inputs shared by the sampling nodes (same widgets, same order in the workflows).

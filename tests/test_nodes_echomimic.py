@@ -67,7 +67,7 @@ def test_generate_whole_video_with_context_windows(comfy, portrait, speech):
 
     model = _tiny()
     assert model.cfg.face_locator_in_channels == 1
-    ref, image = EmoReferenceEncode().encode(model, portrait, size=64)
+    ref, image, _ = EmoReferenceEncode().encode(model, portrait, size=64)
     emo_audio, frames = EmoAudioEncode().encode(model, 25.0, audio=speech)
     mask, regions = EmoFaceMask().mask(image)
     images, audio, video, fps = EmoGenerate().generate(model, ref, emo_audio, speech, 6, 1.0, 0, face_mask=mask)
@@ -93,7 +93,7 @@ def test_wav2vec_features_do_not_fit_an_echomimic_model(comfy, portrait, speech)
     from nodes.reference import EmoReferenceEncode
 
     model = _tiny()
-    ref, _ = EmoReferenceEncode().encode(model, portrait, size=64)
+    ref, _, _ = EmoReferenceEncode().encode(model, portrait, size=64)
     hallo = EmoModelLoader().load(TINY_CHOICE)[0]
     wrong = EmoAudioEncode().encode(hallo, 25.0, audio=speech)[0]
     with pytest.raises(EmoNodeError, match="encode the audio with the same EMO model"):

@@ -108,7 +108,7 @@ def _prepare(model, portrait, audio):
     from nodes.face_mask import EmoFaceMask
     from nodes.reference import EmoReferenceEncode
 
-    ref, image = EmoReferenceEncode().encode(model, portrait, size=64)
+    ref, image, _ = EmoReferenceEncode().encode(model, portrait, size=64)
     emo_audio, frames = EmoAudioEncode().encode(model, 25.0, audio=audio)
     mask, regions = EmoFaceMask().mask(image)
     return ref, image, emo_audio, frames, mask, regions

@@ -51,9 +51,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from .face import Face, FaceAnalyzer, NoFaceError, as_rgb_uint8
 
 DEFAULT_MARGIN = 0.5
+MAX_MARGIN = 5.0
 DEFAULT_FEATHER = 0.1
 DEFAULT_MIN_SCORE = 0.6
 PAD_MODES = ("edge", "reflect")
@@ -284,8 +286,7 @@ def framing_for_face(face_box, image_size, size, *, margin: float = DEFAULT_MARG
     """The square around ``face_box`` (photo pixels) of side ``max(w, h) * (1 + 2 * margin)``,
     moved inside the photo along each axis where it fits; ``size``: the portrait's side (int)
     or (H, W)."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    margin = checks.number(margin, "margin", low=0.0, high=MAX_MARGIN)
     h, w = image_size
     x0, y0, x1, y1 = [float(v) for v in face_box]
     side = max(2, int(round(max(x1 - x0, y1 - y0) * (1 + 2 * margin))))
@@ -381,8 +382,9 @@ def frame_portrait(image, size: int, *, mode: str = "face", analyzer: Optional[F
         elif mode == "center":
             framing = center_framing((h, w), size or _round_down(min(h, w), multiple), pad_mode=pad_mode)
         else:
-            scale = size / max(h, w) if size else 1.0
-            th, tw = (_round_down(round(v * scale), multiple) if size else _round_down(v, multiple) for v in (h, w))
+            scale = size / max(h, w)  # the long side becomes ``size``, the other the nearest multiple
+            th, tw = (max(multiple, round(v * scale / multiple) * multiple) if size else _round_down(v, multiple)
+                      for v in (h, w))
             framing = Framing((0, 0, w, h), (h, w), (th, tw), pad_mode, mode="none")
         portrait = crop_portrait(img, framing)
         if face is not None:
@@ -420,8 +422,7 @@ class PasteBack:
     torch tensor [T, H, W, 3]. ``feather``: fraction of the square's side (0 = hard edge)."""
 
     def __init__(self, image, framing: Framing, *, feather: float = DEFAULT_FEATHER, chunk: int = 8):
-        if not 0 <= feather <= 0.5:
-            raise ValueError(f"feather must be in 0..0.5 (a fraction of the crop's side), got {feather}")
+        feather = checks.number(feather, "feather", low=0.0, high=0.5)
         src = image.detach().cpu() if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
         src = src[0] if src.ndim == 4 and src.shape[0] == 1 else src
         if src.ndim != 3 or src.shape[-1] < 3:
