@@ -460,9 +460,14 @@ def main(args) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from .checkpoints import CheckpointError
+
     with sigterm_as_interrupt():
         try:
             return generate(args)
+        except CheckpointError as exc:  # any model file (network, VAE, audio, face models) refused
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt as exc:
             print(f"interrupted: {args.output} was not written", file=sys.stderr)
             return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130

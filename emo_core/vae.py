@@ -73,14 +73,25 @@ def load_vae(folder: str | Path, device="cpu", dtype=torch.float32) -> Diffusers
     """A diffusers AutoencoderKL folder (config.json + weights), e.g. sd-vae-ft-mse."""
     from diffusers import AutoencoderKL
 
-    from .checkpoints import find_weights, load_state_dict, load_strict
+    from .checkpoints import CheckpointError, check_shapes, find_weights, load_state_dict, load_strict, read_header
 
     folder = Path(folder)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} is missing: a VAE folder needs config.json and its weights "
                                 "(e.g. stabilityai/sd-vae-ft-mse)")
-    cfg = {k: v for k, v in json.loads(cfg_file.read_text()).items() if not k.startswith("_")}
+    expected = "a diffusers AutoencoderKL config (e.g. stabilityai/sd-vae-ft-mse's config.json)"
+    try:
+        raw = json.loads(cfg_file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
+        with torch.device("meta"):  # names and shapes only: the file is checked before the real build
+            shapes = {k: tuple(v.shape) for k, v in AutoencoderKL.from_config(cfg).state_dict().items()}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{cfg_file}: not usable, expected {expected} ({type(e).__name__}: {e})") from e
+    weights = find_weights(folder, "diffusion_pytorch_model")
+    check_shapes(shapes, read_header(weights), f"VAE {weights}")
     vae = AutoencoderKL.from_config(cfg)
-    load_strict(vae, load_state_dict(find_weights(folder, "diffusion_pytorch_model")), "VAE")
+    load_strict(vae, load_state_dict(weights), f"VAE {weights}")
     return DiffusersVae(vae.to(device, dtype).eval().requires_grad_(False))

@@ -104,7 +104,7 @@ class WhisperEncoder(nn.Module):
 def load_whisper_encoder(path: str | Path, device="cpu", dtype=torch.float32) -> WhisperEncoder:
     """The encoder of an OpenAI-layout whisper checkpoint (``tiny.pt`` / ``whisper_tiny.pt``),
     read with ``weights_only=True``; every ``encoder.*`` key must fit (the decoder is ignored)."""
-    from ..checkpoints import CheckpointError, load_strict
+    from ..checkpoints import CheckpointError, load_strict, torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -115,16 +115,26 @@ def load_whisper_encoder(path: str | Path, device="cpu", dtype=torch.float32) ->
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # SafetensorError (bad header, truncated file), OSError
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
         if "dims" not in meta:
             raise CheckpointError(f"{path}: a whisper safetensors file needs its dims as JSON in the metadata key 'dims'")
-        ckpt = {"dims": json.loads(meta["dims"]), "model_state_dict": load_file(str(path))}
+        try:
+            ckpt = {"dims": json.loads(meta["dims"]), "model_state_dict": load_file(str(path))}
+        except Exception as e:
+            raise CheckpointError(f"{path}: unreadable whisper safetensors file ({type(e).__name__}: {e})") from e
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load(path)  # weights_only; a pickle needing globals is a CheckpointError
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not an OpenAI whisper checkpoint (expected keys 'dims' and 'model_state_dict')")
-    encoder = WhisperEncoder(WhisperDims.from_checkpoint(ckpt["dims"]))
+    try:
+        dims = WhisperDims.from_checkpoint(ckpt["dims"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: its 'dims' are not whisper model dimensions ({e})") from e
+    encoder = WhisperEncoder(dims)
     sd = {k[len("encoder."):]: v for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
     load_strict(encoder, sd, f"whisper encoder in {path}")
     return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)

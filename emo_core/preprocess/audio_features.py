@@ -54,12 +54,25 @@ def load_wav2vec(folder, device="cpu", dtype=torch.float32):
             "folder such as Hallo's pretrained_models/wav2vec/wav2vec2-base-960h "
             "(https://huggingface.co/facebook/wav2vec2-base-960h)"
         )
-    model, info = Wav2Vec2Model.from_pretrained(
-        str(folder), local_files_only=True, output_loading_info=True
-    )
+    from emo_core.checkpoints import CheckpointError, read_header
+
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"wav2vec2 folder {folder} has no model.safetensors (or pytorch_model.bin): expected "
+                                "facebook/wav2vec2-base-960h's weights beside its config.json")
+    read_header(weights)  # CheckpointError naming the file: unreadable, or a pickle that needs globals
+    try:
+        model, info = Wav2Vec2Model.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True
+        )
+    except Exception as exc:  # transformers raises OSError / ValueError / RuntimeError / UnpicklingError
+        raise CheckpointError(f"{weights}: transformers could not load it as a wav2vec2 model, expected a "
+                              "save_pretrained folder such as facebook/wav2vec2-base-960h "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     missing = [k for k in info.get("missing_keys", []) if "masked_spec_embed" not in k]
     if missing:
-        raise ValueError(f"wav2vec2 weights in {folder} are incomplete; missing: {sorted(missing)[:10]}")
+        raise CheckpointError(f"{weights}: the wav2vec2 weights are incomplete; {len(missing)} missing keys: "
+                              f"{', '.join(sorted(missing)[:10])}")
     model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
 

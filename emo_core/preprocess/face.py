@@ -210,7 +210,7 @@ class FaceAnalyzer:
                 path = bundled if bundled is not None else self._task_file([DETECTOR_FILE])
             opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(path)),
                                               min_detection_confidence=self.min_confidence)
-            self._detector = vision.FaceDetector.create_from_options(opts)
+            self._detector = _create_task(vision.FaceDetector, opts, path, "a MediaPipe face detector (.tflite)")
         return self._detector
 
     def _tasks_landmarker(self):
@@ -222,7 +222,8 @@ class FaceAnalyzer:
                 base_options=BaseOptions(model_asset_path=str(path)), num_faces=self.max_faces,
                 min_face_detection_confidence=self.min_confidence,
                 output_facial_transformation_matrixes=True)
-            self._landmarker = vision.FaceLandmarker.create_from_options(opts)
+            self._landmarker = _create_task(vision.FaceLandmarker, opts, path,
+                                            "a MediaPipe face landmarker task (face_landmarker*.task)")
         return self._landmarker
 
     def _solutions_models(self):
@@ -361,3 +362,14 @@ class FaceAnalyzer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _create_task(task, options, path, expected: str):
+    """``task.create_from_options`` with a bad model file reported as CheckpointError (file, what was expected)."""
+    try:
+        return task.create_from_options(options)
+    except (RuntimeError, ValueError, OSError) as exc:
+        from emo_core.checkpoints import CheckpointError
+
+        raise CheckpointError(f"{path}: not a usable model file, expected {expected} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
