@@ -227,7 +227,7 @@ def ensure_echomimic(folder: str | Path, *, accelerated: bool = True, download: 
 @torch.no_grad()
 def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, schedule, steps: int, *,
                  face_mask: torch.Tensor | None = None, guidance: float = 1.0, generator: torch.Generator | None = None,
-                 window_batch: int = 1, storage_device="cpu", callback=None) -> torch.Tensor:
+                 window_batch: int = 1, storage_device="cpu", callback=None, model=None) -> torch.Tensor:
     """The whole video as one latent sequence, sampled with context windows (``cfg.chaining ==
     "context_windows"``): windows of ``cfg.clip_frames`` overlapping by ``cfg.context_overlap``,
     shifted by 2 frames per step, predictions averaged; classifier-free guidance when
@@ -236,16 +236,21 @@ def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, sch
     ref_latent [1, 4, h, w]; audio_windows [T, window, blocks, dim] (``whisper_windows``);
     face_mask [H, W] in 0..1 at image size, or None. The model runs on its own device, one batch
     of windows at a time; the T-frame latents live on ``storage_device``. As EchoMimic, the
-    initial noise is clamped to [-1.5, 1.5]. Returns latents [1, 4, T, h, w] on ``storage_device``.
+    initial noise is clamped to [-1.5, 1.5]. ``callback({"step", "steps", "x", "x0", "output"})``
+    after every step; ``model(x, t, cond)`` (default: ``net``) lets a caller observe raw predictions.
+    Returns latents [1, 4, T, h, w] on ``storage_device``.
     """
+    from dataclasses import replace
+
     from .context_windows import windowed_model
     from .models.backbone import Conditioning
     from .sampling.ddim import sample_ddim
-    from .sampling.guidance import batch_conditions, unconditional
+    from .sampling.guidance import batch_conditions, guided_batched, unconditional
 
     cfg = net.cfg
     if cfg.chaining != "context_windows":
         raise ValueError(f"this model chains clips with {cfg.chaining}; context windows need chaining='context_windows'")
+    model = net if model is None else model
     frames = audio_windows.shape[0]
     ref_latent = ref_latent.to(net.device, net.dtype)
     face = None if face_mask is None else net.face_features(face_mask[None])
@@ -253,20 +258,17 @@ def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, sch
     audio_windows = audio_windows.to(storage_device)
     cond = Conditioning(reference=net.reference_features(ref_latent, None), face=face)
     guided = guidance > 1.0
-    if guided:
-        cond = batch_conditions(unconditional(cond, None), cond)
+    both = batch_conditions(unconditional(cond, None), cond) if guided else cond
 
     def window_fn(x, t, windows):
         preds = []
         for k, idx in enumerate(windows):
-            xi = x[k:k + 1].to(net.dtype)
             audio = net.audio_tokens(audio_windows[idx][None])  # [1, k, tokens, dim] on the model's device
-            if not guided:
-                preds.append(net(xi, t, Conditioning(**{**cond.__dict__, "audio": audio})))
-                continue
-            sub = Conditioning(**{**cond.__dict__, "audio": torch.cat([torch.zeros_like(audio), audio])})
-            u, c = net(torch.cat([xi, xi]), t, sub).chunk(2)
-            preds.append(u + guidance * (c - u))
+            if guided:  # the unconditional half hears silence (zero tokens), as unconditional() makes it
+                window_cond = replace(both, audio=torch.cat([torch.zeros_like(audio), audio]))
+                preds.append(guided_batched(model, window_cond, guidance)(x[k:k + 1].to(net.dtype), t))
+            else:
+                preds.append(model(x[k:k + 1].to(net.dtype), t, replace(both, audio=audio)))
         return torch.cat(preds).float()
 
     timesteps = schedule.timesteps(steps)
@@ -274,5 +276,6 @@ def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, sch
                               window_batch=window_batch, model_device=net.device)
     h, w = ref_latent.shape[-2:]
     x = torch.randn((1, cfg.unet.in_channels, frames, h, w), generator=generator).clamp(-1.5, 1.5)
-    step_cb = None if callback is None else (lambda s: callback({"step": s["i"] + 1, "steps": steps}))
+    step_cb = None if callback is None else (
+        lambda s: callback({"step": s["i"] + 1, "steps": steps, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
     return sample_ddim(model_fn, x.to(storage_device), schedule, steps, callback=step_cb)

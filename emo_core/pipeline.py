@@ -10,50 +10,32 @@ The pieces, in the order they run:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
+from . import families
 from .chaining import chain_clips, take_padded
+from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_portrait
 from .config import EmoConfig
-from .models.attention import ReferenceFeatures
-from .models.backbone import Conditioning
 from .models.emo import EmoNet
 from .sampling.ddim import Schedule, sample_ddim
-from .sampling.guidance import guided
 from .vae import Vae
 
-
-class Interrupted(RuntimeError):
-    """Raised by a progress callback to stop generation cleanly."""
-
-
-@dataclass
-class ReferenceState:
-    """The portrait, encoded once per video."""
-
-    image: torch.Tensor  # [H, W, 3] 0..1
-    latent: torch.Tensor  # [1, 4, h, w]
-    identity: torch.Tensor | None  # [1, n, D] identity tokens or None
-    features: ReferenceFeatures | None  # ReferenceNet features of the portrait (None: caching off)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.image.shape[0], self.image.shape[1]
-
-    def to(self, device) -> "ReferenceState":
-        """A copy with the model-side tensors on ``device`` (this state is not changed)."""
-        return ReferenceState(self.image, self.latent.to(device),
-                              None if self.identity is None else self.identity.to(device),
-                              None if self.features is None else self.features.to(device))
+__all__ = ["EmoPipeline", "ReferenceState"]
 
 
 class EmoPipeline:
-    def __init__(self, net: EmoNet, vae: Vae, schedule: Schedule, *, device="cpu", dtype=torch.float32):
+    """``reference_rule``: how reference and motion-frame features are laid out over the CFG
+    halves, "hallo" (Hallo's own pipeline, exactly) or "clean"; None: the model family's own
+    (``emo_core.families``)."""
+
+    def __init__(self, net: EmoNet, vae: Vae, schedule: Schedule, *, device="cpu", dtype=torch.float32,
+                 reference_rule: str | None = None):
         self.net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.vae, self.schedule = vae, schedule
         self.device, self.dtype = torch.device(device), dtype
+        self.rule = families.reference_rule(net.cfg, reference_rule)
 
     @property
     def cfg(self) -> EmoConfig:
@@ -61,36 +43,34 @@ class EmoPipeline:
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def tiny(cls, seed: int = 0, *, family: str = "hallo", device="cpu") -> "EmoPipeline":
+    def tiny(cls, seed: int = 0, *, family: str = "hallo", device="cpu", reference_rule: str | None = None
+             ) -> "EmoPipeline":
         """Random tiny weights and a random tiny VAE: runs everything offline, outputs noise."""
         from .vae import tiny_vae
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             net = EmoNet(EmoConfig.tiny(family=family, speed=family != "hallo"))
-        schedule = Schedule.for_prediction(net.cfg.prediction_type)
-        return cls(net, tiny_vae(seed), schedule, device=device)
+        return cls(net, tiny_vae(seed), families.schedule_for(net.cfg), device=device, reference_rule=reference_rule)
 
     @classmethod
-    def from_folder(cls, folder, *, device="cpu", dtype=torch.float32, vae: Vae | None = None,
-                    schedule: Schedule | None = None) -> "EmoPipeline":
-        """Loads a model folder (ours or Hallo's ``pretrained_models``) and, unless given, the
-        VAE from its ``sd-vae-ft-mse`` (or ``vae``) subfolder."""
-        from pathlib import Path
-
-        from .checkpoints import load_model
+    def from_folder(cls, path, *, device="cpu", dtype=torch.float32, vae: Vae | None = None,
+                    schedule: Schedule | None = None, reference_rule: str | None = None,
+                    accelerated: bool | None = None, config: EmoConfig | None = None) -> "EmoPipeline":
+        """Loads a model folder or weights file (ours, Hallo's ``pretrained_models`` or net.pth, or
+        EchoMimic's; ``families.load_net``), its schedule (``families.schedule_for``) and, unless
+        given, the VAE of its ``sd-vae-ft-mse`` (or ``vae``) folder."""
         from .vae import load_vae
 
-        folder = Path(folder)
-        net = load_model(folder, device=device, dtype=dtype)
+        net, folder = families.load_net(path, device=device, dtype=dtype, accelerated=accelerated, config=config)
         if vae is None:
-            sub = next((folder / n for n in ("sd-vae-ft-mse", "vae") if (folder / n).is_dir()), None)
+            sub = families.vae_folder(folder)
             if sub is None:
-                raise FileNotFoundError(f"no VAE in {folder}: put the sd-vae-ft-mse folder there or pass a VAE")
+                raise FileNotFoundError(f"no VAE for {path}: put SD's sd-vae-ft-mse folder (config.json + weights) "
+                                        f"in {folder}, or pass a VAE")
             vae = load_vae(sub, device=device)
-        if schedule is None:
-            schedule = Schedule.for_prediction(net.cfg.prediction_type)
-        return cls(net, vae, schedule, device=device, dtype=dtype)
+        schedule = schedule or families.schedule_for(net.cfg, folder)
+        return cls(net, vae, schedule, device=device, dtype=dtype, reference_rule=reference_rule)
 
     # ---- inputs ------------------------------------------------------------------------------
     def check_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -101,17 +81,15 @@ class EmoPipeline:
         if h % m or w % m:
             raise ValueError(f"reference image is {w}x{h}; width and height must be multiples of {m} "
                              f"(e.g. {max(m, w // m * m)}x{max(m, h // m * m)}): resize or crop it first")
-        return image.float().clamp(0, 1)
+        # float64 stays float64 (parity runs); everything else is read as float32
+        return image.to(torch.float64 if image.dtype == torch.float64 else torch.float32).clamp(0, 1)
 
     @torch.no_grad()
     def encode_reference(self, image: torch.Tensor, face_embedding: torch.Tensor | None = None, *,
                          cache: bool = True) -> ReferenceState:
         image = self.check_image(image)
         latent = self.vae.encode_images(image[None]).to(self.device, self.dtype)
-        emb = None if face_embedding is None else face_embedding.reshape(1, -1)
-        identity = self.net.identity_tokens(emb, batch=1)
-        features = self.net.reference_features(latent, identity) if cache else None
-        return ReferenceState(image, latent, identity, features)
+        return encode_portrait(self.net, latent, face_embedding, self.rule, image=image, cache=cache)
 
     def audio_windows_ok(self, audio: torch.Tensor) -> torch.Tensor:
         """Checks the audio conditioning: per-frame windows [T, window, blocks, size], or, for
@@ -142,44 +120,35 @@ class EmoPipeline:
     def sample_clip(self, ref: ReferenceState, audio_windows: torch.Tensor, motion_latents: torch.Tensor | None, *,
                     face_mask: torch.Tensor | None = None, region_masks=None, region_weights=None,
                     speed: torch.Tensor | None = None, steps: int = 40, guidance: float = 3.5,
-                    generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                    callback: Callable | None = None) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
-        speed [f] deg/frame. Returns latents [1, 4, f, h, w]."""
-        net, f, n = self.net, audio_windows.shape[0], self.cfg.motion_frames
+        speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
+        ``callback({"step", "steps", "x", "x0", "output"})`` after every step. Returns latents [1, 4, f, h, w]."""
+        f = audio_windows.shape[0]
         if audio_windows.ndim != 4:
             raise ValueError(f"sample_clip takes the clip's windows [f, window, blocks, size]; got "
                              f"{tuple(audio_windows.shape)} (see clip_windows)")
-        audio = net.audio_tokens(self.audio_windows_ok(audio_windows)[None])
-        face = None if face_mask is None else net.face_features(self._mask(face_mask, ref)[None])
-        motion = None
-        if motion_latents is not None and motion_latents.shape[0] > 0:
-            motion = net.motion_features(motion_latents[None].to(self.device, self.dtype), ref.identity)
-        elif n > 0:
-            spatial = (ref.features or net.reference_features(ref.latent, ref.identity)).spatial
-            motion = {k: v.new_zeros(v.shape[0], n, *v.shape[1:]) for k, v in spatial.items()}
-        speed_tokens = None if speed is None else net.speed_tokens(speed.reshape(1, -1).to(self.device, torch.float32))
-        cond = Conditioning(reference=None, identity=ref.identity, audio=audio, face=face, speed=speed_tokens,
-                            region_masks=region_masks, region_weights=region_weights)
-        null_identity = net.identity_tokens(None, batch=1)
-
-        def with_reference(features: ReferenceFeatures):
-            c = Conditioning(**{**cond.__dict__, "reference": features.with_motion(motion)})
-            return guided(net, c, null_identity, guidance)
-
-        if ref.features is not None:  # built once per clip: the portrait's features are reused by every step
-            guided_fn = with_reference(ref.features)
-        else:  # caching off: the portrait goes through ReferenceNet at every step
-            guided_fn = lambda x, t: with_reference(net.reference_features(ref.latent, ref.identity))(x, t)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        cond = clip_conditioning(self.net, ref, audio_windows=self.audio_windows_ok(audio_windows),
+                                 face_mask=None if face_mask is None else self._mask(face_mask, ref), speed=speed,
+                                 region_masks=region_masks, region_weights=region_weights)
+        guided_fn = denoiser(self.net, ref, cond, self.rule, motion_latents, frames=f, guidance=guidance)
+        # The sampler's state stays in float32 (float64 for float64 models) whatever the network runs in.
+        state = torch.float64 if self.dtype == torch.float64 else torch.float32
 
         def model_fn(x, t):
-            return guided_fn(x.to(self.dtype), t).float()
+            return guided_fn(x.to(self.dtype), t).to(state)
 
-        h, w = ref.latent.shape[-2:]
-        x = torch.randn((1, net.cfg.unet.in_channels, f, h, w), generator=generator,
-                        device=generator.device if generator is not None else "cpu").to(self.device)
-        step_cb = None if callback is None else (lambda s: callback({"step": s["i"] + 1, "steps": steps}))
-        return sample_ddim(model_fn, x, self.schedule, steps, callback=step_cb)
+        if noise is None:
+            h, w = ref.latent.shape[-2:]
+            noise = torch.randn((1, self.cfg.unet.in_channels, f, h, w), generator=generator,
+                                device=generator.device if generator is not None else "cpu")
+        step_cb = None if callback is None else (
+            lambda s: callback({"step": s["i"] + 1, "steps": steps, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
+        return sample_ddim(model_fn, noise.to(self.device, state), self.schedule, steps, callback=step_cb)
 
     def _mask(self, mask: torch.Tensor, ref: ReferenceState) -> torch.Tensor:
         if mask.shape[-2:] != ref.image.shape[:2]:

@@ -93,7 +93,11 @@ def test_pipeline_video_length_matches_audio(fps):
     frames = torch.cat(clips)
     assert frames.shape == (total, 64, 64, 3) and 0 <= frames.min() and frames.max() <= 1
     n_clips = -(-total // pipe.cfg.clip_frames)
-    assert len(clips) == n_clips and progress[-1] == {"clip": n_clips, "clips": n_clips, "step": 1, "steps": 1}
+    last = progress[-1]
+    assert len(clips) == n_clips and {k: last[k] for k in ("clip", "clips", "step", "steps")} == {
+        "clip": n_clips, "clips": n_clips, "step": 1, "steps": 1}
+    # previews: the step's latents and x0 estimate travel with the progress
+    assert last["x"].shape == last["x0"].shape == (1, 4, pipe.cfg.clip_frames, 8, 8)
 
 
 def test_reference_caching_matches_recomputing():

@@ -143,7 +143,8 @@ def ddim_step(output, x, alpha_prod_t, alpha_prod_prev, prediction_type, eta=0.0
 def sample_ddim(model_fn: Callable, x: torch.Tensor, schedule: Schedule, steps: int, *, eta: float = 0.0,
                 generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
     """Runs ``steps`` DDIM steps from noise ``x``. ``model_fn(x, t) -> model output``.
-    ``callback({"i", "t", "x", "x0"})`` is called after every step (progress, previews, cancel)."""
+    ``callback({"i", "t", "x", "x0", "output"})`` is called after every step (progress, previews,
+    cancel); ``output`` is the model output the step used."""
     ac = schedule.alphas_cumprod()
     final = torch.tensor(1.0) if schedule.set_alpha_to_one else ac[0]
     stride = schedule.num_train_timesteps // steps
@@ -156,5 +157,5 @@ def sample_ddim(model_fn: Callable, x: torch.Tensor, schedule: Schedule, steps: 
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x, x0 = ddim_step(output, x, a_t, a_prev, schedule.prediction_type, eta, noise)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
+            callback({"i": i, "t": t, "x": x, "x0": x0, "output": output})
     return x

@@ -1,6 +1,8 @@
 """Parity with EchoMimic's own code: the cases of a golden folder laid out like ``shared/golden/echomimic``.
 
 Run through ``python -m emo_core.parity GOLDEN_DIR`` (the family is detected from the folder).
+Case c runs through ``EmoPipeline.generate`` (EchoMimic's context-window sampler,
+``echomimic.sample_video``): the code the CLI and the nodes call.
 The folder holds EchoMimic's four model files as safetensors, the base UNet / motion-module /
 face-locator / scheduler / VAE configs as JSON, the cases in ``cases.json`` +
 ``cases.safetensors`` and ``tolerance.json``. Cases:
@@ -24,12 +26,15 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
-from .context_windows import windowed_model
-from .echomimic import config_from_folder, load_echomimic
-from .models.backbone import Conditioning
-from .preprocess.whisper_features import echomimic_frame_count, whisper_windows, window_indices
-from .sampling.ddim import Schedule, ddim_step, sample_ddim
-from .sampling.guidance import batch_conditions, unconditional
+from ..echomimic import config_from_folder
+from ..families import load_net
+from ..models.backbone import Conditioning
+from ..pipeline import EmoPipeline
+from ..preprocess.whisper_features import echomimic_frame_count, whisper_windows, window_indices
+from ..sampling.ddim import Schedule, ddim_step
+from ..sampling.guidance import batch_conditions, guided_batched, unconditional
+from ..vae import DiffusersVae
+from .golden import Golden, compare
 
 LATENT_SCALE = 0.18215  # EchoMimic's pipeline hard-codes SD's factor
 
@@ -45,7 +50,7 @@ class EchoMimicRunner:
         self.call = call
         cfg = config_from_folder(self.folder, clip_frames=int(call["context_frames"]),
                                  context_overlap=int(call["context_overlap"]))
-        self.net = load_echomimic(self.folder, config=cfg, dtype=dtype)
+        self.net, _ = load_net(self.folder, config=cfg, dtype=dtype)
         self.schedule = Schedule.from_file(self.folder / "scheduler.json")
 
     def x(self, name: str) -> torch.Tensor:
@@ -80,15 +85,20 @@ class EchoMimicRunner:
         face = self.face(self.x("a.input"))
         both = self.guided_conditioning(ref_latents, self.x("b.audio_cond"), face)
         t = int(self.cases["b.timestep"])
-        pred = self.net(self.x("b.latent_model_input"), t, both)
-        u, c = pred.chunk(2)
-        guided = u + float(self.meta["case_b_guidance_scale"]) * (c - u)
+        raw = {}
+
+        def recording(x, t, cond):
+            raw["pred"] = self.net(x, t, cond)
+            return raw["pred"]
+
+        guided = guided_batched(recording, both, float(self.meta["case_b_guidance_scale"]))(
+            self.x("b.latent_model_input").chunk(2)[1], t)
         steps = int(self.call["num_inference_steps"])
         ac = self.schedule.alphas_cumprod().to(self.dtype)
         prev = t - self.schedule.num_train_timesteps // steps
         x_prev, _ = ddim_step(guided, self.x("b.latents"), ac[t], ac[prev] if prev >= 0 else torch.tensor(1.0),
                               self.schedule.prediction_type)
-        out.update({"b.noise_pred_raw": pred, "b.noise_pred_cfg": guided, "b.prev_sample": x_prev})
+        out.update({"b.noise_pred_raw": raw["pred"], "b.noise_pred_cfg": guided, "b.prev_sample": x_prev})
         return out
 
     def case_d(self):
@@ -102,55 +112,47 @@ class EchoMimicRunner:
         return out
 
     def case_c(self):
+        """The full pipeline through ``EmoPipeline.generate`` (context windows, CFG, DDIM, decode)."""
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_config(json.loads((self.folder / "vae_config.json").read_text()))
         vae.load_state_dict(load_file(str(self.folder / "vae.safetensors")), strict=True)
-        vae.to(self.dtype).eval().requires_grad_(False)
-        image = self.cases["c.ref_image_uint8"].to(self.dtype) / 255 * 2 - 1
-        ref_latents = vae.encode(rearrange(image, "h w c -> 1 c h w")).latent_dist.mean * LATENT_SCALE
-        face = self.face(self.x("a.input"))
+        if float(vae.config.scaling_factor) != LATENT_SCALE:
+            raise ValueError(f"the golden VAE's scaling factor is {vae.config.scaling_factor}; EchoMimic uses {LATENT_SCALE}")
+        # EchoMimic decodes one frame at a time
+        pipe = EmoPipeline(self.net, DiffusersVae(vae.to(self.dtype).eval().requires_grad_(False), decode_chunk=1),
+                           self.schedule, dtype=self.dtype)
+        ref = pipe.encode_reference(self.cases["c.ref_image_uint8"].to(self.dtype) / 255)
         fps = float(self.call["fps"])
         feats = self.x("d.whisper_feature")
         frames = min(int(self.call["video_length"]), echomimic_frame_count(feats.shape[0], fps))
-        audio = self.net.audio_tokens(whisper_windows(feats, fps, frames)[None])  # [1, F, 50, 384]
-        both = self.guided_conditioning(ref_latents, audio, face)
-        scale = float(self.call["guidance_scale"])
+        windows = whisper_windows(feats, fps, frames)
+        mask = self.x("a.input")[0, 0, 0]  # EchoMimic's pipeline reads the first frame's mask
         steps = int(self.call["num_inference_steps"])
-        timesteps = self.schedule.timesteps(steps)
-        h, w = ref_latents.shape[-2:]
-        torch.manual_seed(int(self.meta.get("seed", 420)))
-        init = torch.randn(1, 4, frames, h, w).clamp(-1.5, 1.5).to(self.dtype)
-        out = {"c.ref_image_latents": ref_latents, "c.face_locator_out": face, "c.init_latents": init}
-        record = {"step": 0, "win": 0}
+        out = {"c.ref_image_latents": ref.latent, "c.face_locator_out": self.face(self.x("a.input"))}
+        record = {"step": 0, "win": 0, "x": None}
 
-        def window_fn(x, t, idx):
-            (frames_of_window,) = idx
-            sub = Conditioning(**{**both.__dict__, "audio": both.audio[:, frames_of_window]})
-            pred = self.net(torch.cat([x, x]), t, sub)
-            out[f"c.step{record['step']}.win{record['win']}.noise_pred"] = pred
+        def hook(module, args, output):
+            out[f"c.step{record['step']}.win{record['win']}.noise_pred"] = output
             record["win"] += 1
-            u, c = pred.chunk(2)
-            return u + scale * (c - u)
-
-        window_model = windowed_model(window_fn, frames, int(self.call["context_frames"]),
-                                      int(self.call["context_overlap"]), timesteps)
-
-        def model_fn(x, t):
-            out[f"c.step{record['step']}.latents_in"] = x
-            pred = window_model(x, t)
-            out[f"c.step{record['step']}.noise_pred_cfg"] = pred
-            return pred
 
         def callback(state):
-            out[f"c.step{state['i']}.latents_out"] = state["x"]
-            record["step"], record["win"] = state["i"] + 1, 0
+            i = state["step"] - 1
+            if record["x"] is not None:
+                out[f"c.step{i}.latents_in"] = record["x"]
+            out[f"c.step{i}.latents_out"] = state["x"]
+            out[f"c.step{i}.noise_pred_cfg"] = state["output"]
+            record.update(step=i + 1, win=0, x=state["x"])
 
-        latents = sample_ddim(model_fn, init, self.schedule, steps, callback=callback)
-        out["c.final_latents"] = latents
-        pixels = rearrange(latents / LATENT_SCALE, "b c f h w -> (b f) c h w")
-        video = torch.cat([vae.decode(pixels[i:i + 1]).sample for i in range(pixels.shape[0])])
-        out["c.video"] = rearrange((video / 2 + 0.5).clamp(0, 1), "(b f) c h w -> b c f h w", b=1)
+        handle = self.net.denoising_unet.register_forward_hook(hook)
+        try:
+            video = torch.cat(list(pipe.generate(
+                ref, windows, face_mask=mask, steps=steps, guidance=float(self.call["guidance_scale"]),
+                seed=int(self.meta.get("seed", 420)), callback=callback)))
+        finally:
+            handle.remove()
+        out["c.final_latents"] = record["x"]
+        out["c.video"] = rearrange(video, "f h w c -> 1 c f h w")
         return out
 
     def run(self) -> dict[str, torch.Tensor]:
@@ -162,14 +164,13 @@ class EchoMimicRunner:
 
 
 def run_echomimic_parity(folder: str | Path, out) -> bool:
-    from .parity import Golden, compare
-
     folder = Path(folder)
     runner = EchoMimicRunner(folder, torch.float32)
     golden = Golden(folder, runner.meta, runner.cases, {}, json.loads((folder / "tolerance.json").read_text()))
     ours = runner.run()
     ok = compare(golden, ours, float64=False, out=out)
-    inputs = {"a.input", "b.audio_cond", "b.latents", "b.latent_model_input", "b.ref_latents", "b.timestep",
+    # c.init_latents (the clamped noise drawn inside the sampler) is checked through step 0's outputs
+    inputs = {"c.init_latents", "a.input", "b.audio_cond", "b.latents", "b.latent_model_input", "b.ref_latents", "b.timestep",
               "b.face_locator_tensor", "c.ref_image_uint8", "c.step0.latents_in", "d.whisper_feature"}
     unchecked = sorted(set(runner.cases) - set(ours) - inputs)
     if unchecked:
