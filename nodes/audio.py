@@ -81,6 +81,11 @@ class EmoAudioEncode:
         }
 
     def encode(self, emo_model, fps, audio=None, audio_encoder_output=None):
+        from emo_core import checks
+
+        from .common import widget
+
+        fps = widget("fps", checks.fps, fps)
         a = emo_model.cfg.audio
         if (audio is None) == (audio_encoder_output is None):
             raise ValueError("connect exactly one of 'audio' (recommended) or 'audio_encoder_output'")

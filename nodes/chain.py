@@ -57,11 +57,15 @@ class EmoGenerate:
         import torch
 
         from emo_core.preprocess.audio_io import AudioError
-        from emo_core.video_out import Mp4Writer
+        from emo_core.video_out import Mp4Writer, OutputPathError, check_output_path
 
-        from .common import StepProgress, check_model, face_mask_for, regions_for, speed_for
+        from .common import (EmoNodeError, StepProgress, check_model, choice, face_mask_for, regions_for,
+                             sampling_widgets, speed_for)
         from .comfy_env import make_video, soft_empty_cache, temp_dir
 
+        steps, cfg, seed = sampling_widgets(steps, cfg, seed)
+        choice("motion_start", motion_start, ("reference", "zeros"))
+        choice("keep_frames", keep_frames, ("all", "last"))
         check_model(emo_model, reference, emo_audio)
         check_audio_matches(audio, emo_audio)
         total, size, fps = emo_audio["frames"], reference["size"], emo_audio["fps"]
@@ -74,6 +78,10 @@ class EmoGenerate:
         if mux.shape[0] > 2:
             mux = mux.mean(0, keepdim=True)
         path = temp_dir() / f"emo_{uuid.uuid4().hex[:12]}.mp4"
+        try:  # before any sampling: a temp folder that cannot be written must not cost the whole run
+            check_output_path(path)
+        except OutputPathError as exc:
+            raise EmoNodeError(f"cannot write the video to ComfyUI's temp folder: {exc}") from None
         # context-window models (EchoMimic) denoise the whole video at once: one pass of `steps`
         windowed = emo_model.cfg.chaining == "context_windows"
         progress = StepProgress(steps, 1 if windowed else math.ceil(total / emo_model.cfg.clip_frames))

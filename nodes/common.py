@@ -9,6 +9,30 @@ class EmoNodeError(ValueError):
     """A wiring or input problem, with a message meant for the node's error box."""
 
 
+def widget(name: str, check, value, *args):
+    """``check(value, *args, name)`` from ``emo_core.checks`` (steps, guidance, speed, fps, seed, ...)
+    with its ValueError turned into an EmoNodeError naming the widget. Widgets are checked in the
+    node body too: saved workflows, the API and other nodes' outputs bypass the UI's limits."""
+    try:
+        return check(value, *args, name)
+    except ValueError as exc:
+        raise EmoNodeError(str(exc)) from None
+
+
+def choice(name: str, value, options) -> str:
+    if value not in options:
+        raise EmoNodeError(f"{name}: expected one of {', '.join(map(str, options))}, got {value!r}")
+    return value
+
+
+def sampling_widgets(steps, cfg, seed) -> tuple[int, float, int]:
+    """The DDIM widgets shared by the sampling nodes, checked: (steps, cfg, seed)."""
+    from emo_core import checks
+
+    return (widget("steps", checks.steps, steps), widget("cfg", checks.guidance, cfg),
+            widget("seed", checks.seed, seed))
+
+
 def check_model(emo_model, reference, audio=None) -> None:
     if reference["model_key"] != emo_model.key:
         raise EmoNodeError("the EMO_REFERENCE was made by a different EMO model: connect the same "
@@ -45,8 +69,13 @@ def speed_for(speed, frames: int, fps: float) -> torch.Tensor | None:
     if speed is None:
         return None
     if speed.get("constant") is not None:
-        return torch.full((frames,), float(speed["constant"]))
+        from emo_core import checks
+
+        return torch.full((frames,), widget("speed (EMO_SPEED)", checks.speed, speed["constant"]))
     series = np.asarray(speed["speed"], np.float32)
+    if series.size == 0 or not np.all(np.isfinite(series)) or (series < 0).any():
+        raise EmoNodeError("speed (EMO_SPEED): expected finite speeds >= 0 for the driving frames, got "
+                           f"{series.size} values{' with NaN/inf or negative ones' if series.size else ''}")
     t = np.arange(frames) / float(fps) * float(speed["fps"])
     idx = np.clip(np.round(t).astype(int), 0, len(series) - 1)
     return torch.from_numpy(series[idx].copy())

@@ -58,8 +58,13 @@ class EmoEvaluate:
 
     def execute(self, images, fps, metrics, audio=None, reference_image=None, reference_video=None,
                 download_models=False):
+        from emo_core import checks
         from emo_core.eval.pipeline import EvalConfig, evaluate
         from emo_core.eval.video_io import Video
+
+        from .common import widget
+
+        fps = widget("fps", checks.fps, fps)
 
         wav = None
         if audio is not None:

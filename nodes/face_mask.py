@@ -78,8 +78,12 @@ class EmoFaceMask:
         from emo_core.preprocess.face import NoFaceError
         from emo_core.preprocess.masks import face_box_mask, hallo_region_masks
 
-        from .common import regions_from_mask
+        from emo_core import checks
 
+        from .common import choice, regions_from_mask, widget
+
+        expand = widget("expand", checks.expand, expand)
+        choice("if_no_face", if_no_face, ("error", "full_frame"))
         b, h, w = image.shape[0], image.shape[1], image.shape[2]
         if mask is not None:
             m = mask[None] if mask.ndim == 2 else mask

@@ -92,9 +92,18 @@ class EmoReferenceEncode:
                if_no_face="error"):
         import torch
 
+        from emo_core import checks
+
+        from .common import choice, widget
         from .model import ComfyVae
 
-        framed = frame(emo_model, image, int(size), crop, float(margin), if_no_face)
+        crop = choice("crop", crop, ("face", "center", "none"))
+        if_no_face = choice("if_no_face", if_no_face, ("error", "full_frame"))
+        size = widget("size", lambda v, name: checks.integer(v, name, low=0), size)
+        if size:  # 0 keeps the crop's own size
+            widget("size", checks.size, size, emo_model.cfg.size_multiple)
+        margin = widget("margin", lambda v, name: checks.number(v, name, low=0.0, high=MAX_MARGIN), margin)
+        framed = frame(emo_model, image, size, crop, margin, if_no_face)
         portrait = framed.portrait
         emb = identity_embedding(emo_model, portrait, framed.face) if identity else None
         with emo_model.loaded() as pipe:

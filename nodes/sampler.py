@@ -36,9 +36,14 @@ class EmoSampleClip:
 
         from emo_core.chaining import plan_clips, take_padded
 
-        from .common import (EmoNodeError, StepProgress, check_model, face_mask_for, regions_for, speed_for)
+        from emo_core import checks
+
+        from .common import (EmoNodeError, StepProgress, check_model, face_mask_for, regions_for, sampling_widgets,
+                             speed_for, widget)
         from .comfy_env import soft_empty_cache
 
+        steps, cfg, seed = sampling_widgets(steps, cfg, seed)
+        clip_index = widget("clip_index", lambda v, name: checks.integer(v, name, low=0), clip_index)
         check_model(emo_model, reference, emo_audio)
         cfgm = emo_model.cfg
         if cfgm.chaining == "context_windows":

@@ -38,7 +38,15 @@ class EmoSpeed:
               emo_model=None):
         import numpy as np
 
+        from emo_core import checks
         from emo_core.preprocess.pose import constant_speed, head_rotations, rotation_speed
+
+        from .common import widget
+
+        target_speed = widget("target_speed", checks.speed, target_speed)  # NaN / inf / negative refused
+        fps = widget("fps", checks.fps, fps)
+        driving_fps = widget("driving_fps", checks.fps, driving_fps)
+        smooth = widget("smooth", lambda v, name: checks.integer(v, name, low=0), smooth)
 
         if face_landmarks is None and driving_images is None:
             constant_speed(target_speed, 1)  # validates
