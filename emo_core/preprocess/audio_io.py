@@ -1,7 +1,11 @@
 """Audio input: any file or ComfyUI AUDIO dict -> 16 kHz mono float32 numpy.
 
 Decoding uses soundfile (wav, flac, ogg, mp3 with libsndfile >= 1.1) and falls back to
-PyAV for everything FFmpeg reads (m4a, aac, the audio track of mp4/mov/mkv, ...).
+PyAV for everything FFmpeg reads (m4a, aac, the audio track of mp4/mov/mkv, ...). Encoders
+such as AAC add silent samples at the start (priming: FFmpeg drops them) and at the end of the
+last frame (padding: up to a frame, 21 ms at 48 kHz); the decoded samples are cut to the real
+length the file states (iTunes' iTunSMPB tag, else the stream's duration), so the video gets
+exactly round(real seconds x fps) frames.
 torchaudio is deliberately not used (it often fails to load beside a newer torch).
 Resampling is polyphase (scipy.signal.resample_poly), so every path gives the same
 result for the same samples.
@@ -67,7 +71,9 @@ def _read_pyav(path: str) -> tuple[np.ndarray, int]:
         if not container.streams.audio:
             raise AudioError(f"{path}: the file has no audio track")
         stream = container.streams.audio[0]
+        stated = _stated_length(container, stream)
         resampler = av.AudioResampler(format="fltp")  # planar float, native layout and rate
+        frame_size = int(stream.codec_context.frame_size or 0)
         chunks: list[np.ndarray] = []
         rate = None
         try:
@@ -82,7 +88,46 @@ def _read_pyav(path: str) -> tuple[np.ndarray, int]:
             raise AudioError(f"{path}: audio track could not be decoded ({type(exc).__name__}: {exc})") from exc
     if not chunks or rate is None:
         raise AudioError(f"{path}: the audio track decoded to 0 samples")
-    return np.concatenate(chunks, axis=1).astype(np.float32), int(rate)
+    data = np.concatenate(chunks, axis=1).astype(np.float32)
+    if stated is not None:
+        data = _drop_end_padding(data, stated, int(rate), frame_size)
+    return data, int(rate)
+
+
+def _itunsmpb(metadata) -> int | None:
+    """Original sample count from an iTunSMPB tag (" 00000000 PRIMING PADDING COUNT ...", hex)."""
+    for key, value in (metadata or {}).items():
+        if key.lower() == "itunsmpb":
+            fields = str(value).split()
+            try:
+                return int(fields[3], 16) if len(fields) >= 4 and int(fields[3], 16) > 0 else None
+            except ValueError:
+                return None
+    return None
+
+
+def _stated_length(container, stream) -> tuple[int, int] | None:
+    """(samples, at rate) the file says its audio lasts, or None when it does not say."""
+    rate = stream.codec_context.sample_rate or stream.sample_rate
+    if not rate:
+        return None
+    count = _itunsmpb(stream.metadata) or _itunsmpb(container.metadata)
+    if count is not None:
+        return count, int(rate)
+    if stream.duration and stream.time_base:
+        return int(round(stream.duration * stream.time_base * rate)), int(rate)
+    return None
+
+
+def _drop_end_padding(data: np.ndarray, stated: tuple[int, int], rate: int, frame_size: int) -> np.ndarray:
+    """Cuts the encoder's end padding: the decoded samples beyond the stated length, when they
+    are no more than two codec frames (a larger excess means the stated length is unreliable)."""
+    count, stated_rate = stated
+    n = int(round(count * rate / stated_rate))
+    excess = data.shape[-1] - n
+    if 0 < excess <= 2 * max(frame_size, 1024):
+        return data[..., :n]
+    return data
 
 
 def load_audio(path, sr: int = TARGET_SR) -> np.ndarray:
