@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import families
+from . import checks, families
 from .chaining import chain_clips, take_padded
 from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_portrait
 from .config import EmoConfig
@@ -126,6 +126,7 @@ class EmoPipeline:
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
         ``callback({"step", "steps", "x", "x0", "output"})`` after every step. Returns latents [1, 4, f, h, w]."""
+        steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         f = audio_windows.shape[0]
         if audio_windows.ndim != 4:
             raise ValueError(f"sample_clip takes the clip's windows [f, window, blocks, size]; got "
@@ -167,6 +168,9 @@ class EmoPipeline:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly one frame per row of
         ``audio_windows`` ([T, window, blocks, size], or wav2vec features [T, blocks, size]). face_mask: [H, W] for the whole video or [T, H, W] per frame (each
         clip uses the union of its frames' masks, as EMO). speed: [T] degrees per frame."""
+        steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
+        if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
+            raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
         total = windows.shape[0]
         if motion_start not in ("reference", "zeros"):

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..checks import integer
 from ..config import PREDICTION_TYPES
 
 
@@ -145,6 +146,7 @@ def sample_ddim(model_fn: Callable, x: torch.Tensor, schedule: Schedule, steps: 
     """Runs ``steps`` DDIM steps from noise ``x``. ``model_fn(x, t) -> model output``.
     ``callback({"i", "t", "x", "x0", "output"})`` is called after every step (progress, previews,
     cancel); ``output`` is the model output the step used."""
+    steps = integer(steps, "steps", low=1)  # ValueError, not ZeroDivisionError, for 0 steps
     ac = schedule.alphas_cumprod()
     final = torch.tensor(1.0) if schedule.set_alpha_to_one else ac[0]
     stride = schedule.num_train_timesteps // steps

@@ -7,6 +7,7 @@ are kept in both halves: they are the video's past, not a condition to amplify.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -53,6 +54,8 @@ def _rows2(mask: torch.Tensor) -> torch.Tensor:
 def guided(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float):
     """Returns ``model_fn(x, t)`` for the sampler: one forward on [uncond, cond] and
     ``uncond + scale * (cond - uncond)``; with scale <= 1 a single conditional forward."""
+    if not math.isfinite(float(scale)) or scale < 0:
+        raise ValueError(f"guidance: expected a finite scale >= 0, got {scale}")
     if scale <= 1.0:
         return lambda x, t: model(x, t, cond)
     return guided_batched(model, batch_conditions(unconditional(cond, null_identity), cond), scale)
