@@ -189,7 +189,7 @@ def file_url(path: str, revision: str = "main") -> str:
 
 def instructions(folder: str | Path, accelerated: bool = True) -> str:
     folder = Path(folder).expanduser()
-    lines = [f"EchoMimic model files belong in {folder} (e.g. `huggingface-cli download {HF_REPO} --local-dir "
+    lines = [f"EchoMimic model files belong in {folder} (e.g. `hf download {HF_REPO} --local-dir "
              f"{folder}`), laid out as:"]
     for path, what, _ in repo_files(accelerated):
         lines.append(f"  {folder / path}   <- {file_url(path)}  ({what})")
