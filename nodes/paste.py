@@ -23,7 +23,8 @@ class EmoPasteBack:
             "required": {
                 "images": ("IMAGE", {"tooltip": "generated frames at the prepared portrait's size (EMO Generate / "
                                                 "EMO Decode Clip)"}),
-                "original": ("IMAGE", {"tooltip": "the photo given to EMO Reference Encode (first image of the batch)"}),
+                "original": ("IMAGE", {"tooltip": "the photo given to EMO Reference Encode (first image of the "
+                                                  "batch)"}),
                 "framing": (EMO_FRAMING, {"tooltip": "EMO Reference Encode's framing output for that photo"}),
                 "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 0.5, "step": 0.01,
                                       "tooltip": "width of the blend at the square's edges inside the photo, as a "

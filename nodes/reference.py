@@ -16,13 +16,15 @@ def frame(emo_model, image, size: int, crop: str, margin: float, if_no_face: str
     from emo_core.preprocess.framing import frame_portrait
 
     if image is None or image.ndim != 4 or image.shape[0] < 1:
-        raise EmoNodeError(f"image must be an IMAGE batch [B, H, W, C]; got {None if image is None else tuple(image.shape)}")
+        got = None if image is None else tuple(image.shape)
+        raise EmoNodeError(f"image must be an IMAGE batch [B, H, W, C]; got {got}")
     try:
         return frame_portrait(image[0], size, mode=crop, margin=margin, if_no_face=if_no_face,
                               models_dir=emo_model.face_models_dir(), multiple=emo_model.cfg.size_multiple,
                               detect=crop == "face")
     except NoFaceError as exc:
-        raise EmoNodeError(f"{exc} (if_no_face: full_frame continues without one; crop: center skips the search)") from exc
+        raise EmoNodeError(f"{exc} (if_no_face: full_frame continues without one; crop: center skips the "
+                           "search)") from exc
 
 
 def identity_embedding(emo_model, portrait, face=None):

@@ -36,7 +36,8 @@ def wide_photo():
     returns (photo, where the face really is)."""
     side, x0, y0 = 280, 360, 40
     photo = np.full((360, 640, 3), (70, 90, 110), np.uint8)
-    photo[y0:y0 + side, x0:x0 + side] = np.asarray(Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC))
+    astronaut = Image.fromarray(data.astronaut()).resize((side, side), Image.BICUBIC)
+    photo[y0:y0 + side, x0:x0 + side] = np.asarray(astronaut)
     s = side / 512
     face = tuple(v * s + o for v, o in zip(ASTRO_FACE, (x0, y0, x0, y0)))
     return photo, face

@@ -141,7 +141,8 @@ class Framing:
         """One line: which face, where, and the crop."""
         h, w = self.image_size
         x0, y0, x1, y1 = self.box
-        crop = f"crop [{x0}, {y0}, {x1}, {y1}] ({x1 - x0}x{y1 - y0}{', padded ' + self.pad_mode if self.padded else ''})"
+        pad = f", padded ({self.pad_mode})" if self.padded else ""
+        crop = f"crop [{x0}, {y0}, {x1}, {y1}] ({x1 - x0}x{y1 - y0}{pad})"
         extra = f"; {len(self.other_faces)} other detection(s) not used" if self.other_faces else ""
         if self.face_box is None:
             return f"{self.mode} framing of the {w}x{h} photo: {crop} -> {self.size[1]}x{self.size[0]}{extra}"
@@ -187,7 +188,8 @@ def _disagreement(face: Face) -> Optional[float]:
     return float(np.linalg.norm(points - face.keypoints[:4, :2], axis=1).mean()) / d
 
 
-def refusal_reason(face: Face, *, min_score: float = DEFAULT_MIN_SCORE, require_landmarks: bool = True) -> Optional[str]:
+def refusal_reason(face: Face, *, min_score: float = DEFAULT_MIN_SCORE,
+                   require_landmarks: bool = True) -> Optional[str]:
     """Why ``face`` is not a credible face (None when it is); see the module docstring."""
     if face.score < min_score:
         what = "found by the landmark model only" if face.score == 0 else f"detector score {face.score:.2f}"
@@ -233,7 +235,8 @@ def _box_list(box) -> list:
 
 def _upright_hint(img: np.ndarray, analyzer: FaceAnalyzer, min_score: float, require_landmarks: bool) -> str:
     """A hint when a credible face appears after turning the photo (it is sideways or upside down)."""
-    for k, how in ((2, "upside down: turn it by 180 degrees"), (1, "on its side: turn it by 90 degrees counter-clockwise"),
+    for k, how in ((2, "upside down: turn it by 180 degrees"),
+                   (1, "on its side: turn it by 90 degrees counter-clockwise"),  # np.rot90 turns counter-clockwise
                    (3, "on its side: turn it by 90 degrees clockwise")):
         turned = np.ascontiguousarray(np.rot90(img, k))
         best, _ = choose_face(analyzer.detect_all(turned, landmarks_for="all" if require_landmarks else "none"),
@@ -330,7 +333,8 @@ def crop_portrait(image, framing: Framing) -> torch.Tensor:
     img = _as_float_image(image)
     h, w = img.shape[:2]
     if (h, w) != tuple(framing.image_size):
-        raise ValueError(f"the image is {w}x{h} but the framing is for a {framing.image_size[1]}x{framing.image_size[0]} photo")
+        fh, fw = framing.image_size
+        raise ValueError(f"the image is {w}x{h} but the framing is for a {fw}x{fh} photo")
     x0, y0, x1, y1 = framing.box
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if cx1 <= cx0 or cy1 <= cy0:
