@@ -224,7 +224,10 @@ def choose_face(faces, *, min_score: float = DEFAULT_MIN_SCORE, require_landmark
     credible, refused = [], []
     for f in faces:
         reason = refusal_reason(f, min_score=min_score, require_landmarks=require_landmarks)
-        (refused.append((f, reason)) if reason else credible.append(f))
+        if reason:
+            refused.append((f, reason))
+        else:
+            credible.append(f)
     credible.sort(key=lambda f: f.score, reverse=True)
     return (credible[0] if credible else None), [(f, None) for f in credible[1:]] + refused
 
@@ -239,8 +242,8 @@ def _upright_hint(img: np.ndarray, analyzer: FaceAnalyzer, min_score: float, req
                    (1, "on its side: turn it by 90 degrees counter-clockwise"),  # np.rot90 turns counter-clockwise
                    (3, "on its side: turn it by 90 degrees clockwise")):
         turned = np.ascontiguousarray(np.rot90(img, k))
-        best, _ = choose_face(analyzer.detect_all(turned, landmarks_for="all" if require_landmarks else "none"),
-                                 min_score=min_score, require_landmarks=require_landmarks)
+        faces = analyzer.detect_all(turned, landmarks_for="all" if require_landmarks else "none")
+        best, _ = choose_face(faces, min_score=min_score, require_landmarks=require_landmarks)
         if best is not None:
             return f"; the photo seems to be {how} (a face is found then)"
     return ""
@@ -258,18 +261,17 @@ def find_face(image, analyzer: FaceAnalyzer, *, min_score: float = DEFAULT_MIN_S
     h, w = img.shape[:2]
     require = analyzer.want_landmarks
     faces = analyzer.detect_all(img, landmarks_for="all" if require else "none")
-    best, notes = choose_face(faces, min_score=min_score, require_landmarks=require)
+    best, others = choose_face(faces, min_score=min_score, require_landmarks=require)
     if best is not None:
-        return best, notes
-    refused = notes
-    if refused:
-        listed = "; ".join(f"box {_box_list(f.box_xyxy)} score {f.score:.2f}: {r}" for f, r in refused)
-        what = f"no credible face in the {w}x{h} image ({len(refused)} detection(s) refused: {listed})"
+        return best, others
+    if others:  # all refused
+        listed = "; ".join(f"box {_box_list(f.box_xyxy)} score {f.score:.2f}: {r}" for f, r in others)
+        what = f"no credible face in the {w}x{h} image ({len(others)} detection(s) refused: {listed})"
     else:
         what = f"no face found in the {w}x{h} image"
     if if_no_face == "full_frame":
         warnings.warn(f"{what}: using the centre of the photo as the face region", stacklevel=2)
-        return None, notes
+        return None, others
     hint = _upright_hint(img, analyzer, min_score, require)
     raise NoCredibleFaceError(f"{what}{hint}. Use a clear, upright, front-facing photo of a person, or choose "
                               "the full-frame fallback")
