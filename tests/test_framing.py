@@ -121,6 +121,18 @@ def test_the_face_is_chosen_by_confidence_not_by_area(analyzer):
     assert choose_face([turned], require_landmarks=False)[0] is None
 
 
+def test_center_and_none_modes(analyzer):
+    framed = frame_portrait(data.astronaut(), 64, mode="center", analyzer=analyzer)
+    assert framed.framing.box == (0, 0, 512, 512) and framed.framing.mode == "center"
+    fx, fy = centre(framed.face.box_xyxy)  # found on the centre square, in the portrait's pixels
+    tx, ty = centre(ASTRO_FACE)
+    assert abs(fx - tx / 8) < 2 and abs(fy - ty / 8) < 2
+    wide = np.zeros((100, 300, 3), np.uint8)
+    whole = frame_portrait(wide, 128, mode="none", detect=False)
+    assert whole.framing.size == (64, 128) and whole.portrait.shape == (64, 128, 3) and whole.face is None
+    assert paste_back(whole.portrait[None], wide, whole.framing).shape == (1, 100, 300, 3)
+
+
 # ---------------------------------------------------------------------------- crop and paste-back
 def photo_and_framing(box, size=48, hw=(90, 160), pad_mode="edge"):
     rng = np.random.default_rng(0)

@@ -259,7 +259,7 @@ def find_face(image, analyzer: FaceAnalyzer, *, min_score: float = DEFAULT_MIN_S
         raise ValueError(f"if_no_face must be 'error' or 'full_frame', got {if_no_face!r}")
     img = as_rgb_uint8(image)
     h, w = img.shape[:2]
-    require = analyzer.want_landmarks
+    require = getattr(analyzer, "want_landmarks", True)
     faces = analyzer.detect_all(img, landmarks_for="all" if require else "none")
     best, others = choose_face(faces, min_score=min_score, require_landmarks=require)
     if best is not None:
