@@ -15,6 +15,10 @@ EchoMimic's accelerated weights default to 6 steps without guidance (cfg 1).
 ``--tiny``: random tiny weights, fully offline: the output is noise, it only shows that
 everything runs; ``--tiny-family`` picks the layout (hallo, emo, echomimic).
 
+The face is found on the whole photo and a square around it (``--margin``) is what the model
+animates; the result is pasted back into the photo (``--feather``), so the video has the
+photo's size (``--no-paste-back``: the square). See emo_core.preprocess.framing.
+
 Every option is checked before anything is loaded, and the output is checked to be writable:
 a bad value ends with ``error: <option>: expected ..., got ...`` and exit code 2. Ctrl-C or
 SIGTERM stops the run and deletes the partial output (exit codes 130 / 143).
@@ -84,9 +88,8 @@ def _fraction(option: str, high: float):
 
         try:
             return checks.number(float(text), option, low=0.0, high=high)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc) if option in str(exc) else f"{option}: expected a number "
-                                             f"from 0 to {high:g}, got {text!r}") from None
+        except ValueError:  # argparse's message already names the option
+            raise argparse.ArgumentTypeError(f"expected a number from 0 to {high:g}, got {text!r}") from None
     return parse
 
 
