@@ -148,12 +148,16 @@ def check_checkpoint(weights: Path, cfg: EmoConfig, fmt: str) -> None:
     the network is built: not an EMO/Hallo file at all, or names / shapes that differ."""
     header = read_header(weights)
     if not any(k.startswith("denoising_unet.") for k in header):
-        prefixes = sorted({k.split(".", 1)[0] for k in header})
-        shown = ", ".join(prefixes[:8]) + (", ..." if len(prefixes) > 8 else "")
-        raise CheckpointError(f"{weights}: not an EMO or Hallo checkpoint: expected the keys of Hallo's net.pth "
-                              "(denoising_unet., reference_unet., face_locator., imageproj., audioproj.), found "
-                              f"{len(header)} tensors under {shown or 'no names'}")
+        raise _not_ours(weights, header)
     check_shapes(expected_shapes(cfg), header, f"{fmt} checkpoint {weights}")
+
+
+def _not_ours(path: Path, keys) -> CheckpointError:
+    prefixes = sorted({k.split(".", 1)[0] for k in keys})
+    shown = ", ".join(prefixes[:8]) + (", ..." if len(prefixes) > 8 else "")
+    return CheckpointError(f"{path}: not an EMO or Hallo checkpoint: expected the keys of Hallo's net.pth "
+                           "(denoising_unet., reference_unet., face_locator., imageproj., audioproj.), found "
+                           f"{len(keys)} tensors under {shown or 'no names'}")
 
 
 def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, *, allow_missing=()) -> None:
@@ -179,7 +183,7 @@ def detect_format(path: str | Path) -> str:
     keys = _peek_keys(path)
     if any(k.startswith("denoising_unet.") for k in keys):
         return "emo" if path.suffix == ".safetensors" and (path.parent / CONFIG_FILE).is_file() else "hallo"
-    raise CheckpointError(f"{path}: not an EMO or Hallo checkpoint (no 'denoising_unet.' keys)")
+    raise _not_ours(path, keys)
 
 
 def _peek_keys(path: Path) -> list[str]:
