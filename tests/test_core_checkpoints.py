@@ -156,3 +156,99 @@ def test_emo_preset_takes_animatediff_v2_motion_modules():
     assert layout_fingerprint(mm) == (
         588, "8b6a50983db9f7f0509c65fec0897e723db95bad46b07b4ff2fb93f6c860ac2f")
     assert any(".speed_attention." in k for k in net.denoising_unet.state_dict())
+
+
+# ---- refusing bad files before the work --------------------------------------------------------
+@pytest.fixture()
+def build_guard(monkeypatch):
+    """EmoNet may only be built on the meta device (names and shapes) until the file is checked."""
+    real = EmoNet.__init__
+    built = []
+
+    def guarded(self, cfg):
+        if torch.empty(0).device.type != "meta":
+            raise AssertionError("the network was built before the checkpoint's header was checked")
+        built.append(cfg)
+        real(self, cfg)
+
+    monkeypatch.setattr(EmoNet, "__init__", guarded)
+    return built
+
+
+def test_foreign_hallo_net_pth_is_refused_from_its_header(tmp_path, build_guard):
+    import time
+
+    (tmp_path / "hallo").mkdir()
+    ckpt = tmp_path / "hallo" / "net.pth"
+    torch.save({"model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3),
+                "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}, ckpt)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path)  # Hallo's folder layout, full Hallo config
+    assert time.perf_counter() - t0 < 1.0
+    assert str(err.value).startswith(f"{ckpt}: not an EMO or Hallo checkpoint: expected the keys of Hallo's net.pth")
+    assert "found 2 tensors under cond_stage_model, model" in str(err.value)
+    assert build_guard == []
+
+
+def test_hallo_keyed_file_of_other_shapes_is_refused_before_the_build(tmp_path, build_guard):
+    """Hallo's names with the wrong shapes (another model size): the report names the keys, and
+    only a meta-device network (no memory) was built to know the expected shapes."""
+    ckpt = tmp_path / "net.safetensors"
+    sd = {k: torch.zeros(1) for k in ("denoising_unet.conv_in.weight", "reference_unet.conv_in.weight")}
+    save_file(sd, str(ckpt))
+    with pytest.raises(CheckpointError) as err:
+        load_model(ckpt)
+    msg = str(err.value)
+    assert msg.startswith(f"hallo checkpoint {ckpt}: the checkpoint does not fit the model")
+    assert "2654 missing keys" in msg and "denoising_unet.conv_in.weight (1,) vs model (320, 4, 3, 3)" in msg
+    assert len(build_guard) == 1  # the meta one
+
+
+def test_read_header_reads_names_and_shapes_only(tmp_path):
+    from emo_core.checkpoints import read_header
+
+    torch.save({"state_dict": {"a.weight": torch.zeros(3, 5), "b": torch.zeros(2)}}, tmp_path / "x.pth")
+    save_file({"a.weight": torch.zeros(3, 5)}, str(tmp_path / "x.safetensors"))
+    assert read_header(tmp_path / "x.pth") == {"a.weight": (3, 5), "b": (2,)}
+    assert read_header(tmp_path / "x.safetensors") == {"a.weight": (3, 5)}
+    torch.save({"w": torch.zeros(2), "obj": NotATensor()}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="needs pickle globals .it refers to .*NotATensor.*use the model's "
+                                              r"\.safetensors file"):
+        read_header(tmp_path / "bad.pth")
+
+
+def test_every_loader_refuses_with_one_readable_error(tmp_path):
+    """wav2vec2, whisper, VAE, ArcFace: a bad file is a CheckpointError naming it and what was
+    expected; a pickle that needs globals never runs code and says to use safetensors."""
+    from emo_core.models.whisper import load_whisper_encoder
+    from emo_core.preprocess.audio_features import load_wav2vec
+    from emo_core.preprocess.identity import FaceEmbedder
+    from emo_core.vae import TINY_VAE, load_vae
+
+    w2v = tmp_path / "wav2vec2-base-960h"
+    w2v.mkdir()
+    (w2v / "config.json").write_text("{}")
+    torch.save({"wav2vec2.feature_projection.projection.weight": torch.zeros(2), "extra": NotATensor()},
+               w2v / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="needs pickle globals") as err:
+        load_wav2vec(w2v)
+    assert str(err.value).startswith(str(w2v / "pytorch_model.bin")) and "safetensors" in str(err.value)
+
+    torch.save({"dims": {}, "model_state_dict": {}, "extra": NotATensor()}, tmp_path / "whisper_tiny.pt")
+    with pytest.raises(CheckpointError, match="needs pickle globals"):
+        load_whisper_encoder(tmp_path / "whisper_tiny.pt")
+
+    vae = tmp_path / "sd-vae-ft-mse"
+    vae.mkdir()
+    (vae / "config.json").write_text("[1, 2]")
+    save_file({"encoder.conv_in.weight": torch.zeros(1)}, str(vae / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(CheckpointError, match="config.json: not usable, expected a diffusers AutoencoderKL config"):
+        load_vae(vae)
+    (vae / "config.json").write_text(json.dumps(TINY_VAE))
+    with pytest.raises(CheckpointError, match=r"VAE .*diffusion_pytorch_model.safetensors: the checkpoint does not fit"):
+        load_vae(vae)
+
+    (tmp_path / "glintr100.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(CheckpointError, match=r"glintr100.onnx: not a usable ONNX model, expected insightface's ArcFace"):
+        FaceEmbedder(models_dir=tmp_path).embed_aligned(torch.zeros(112, 112, 3).numpy())
