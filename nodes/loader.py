@@ -165,38 +165,24 @@ class EmoModelLoader:
 
     @staticmethod
     def _load_path(path: Path, dtype, comfy_vae, accelerated=None):
-        from emo_core.checkpoints import CheckpointError, detect_format, load_model
+        """The library's one loading path (``EmoPipeline.from_folder``: format detection, strict
+        loading, the family's schedule rule, the VAE beside the weights unless one is connected)."""
+        from emo_core.checkpoints import detect_format
         from emo_core.pipeline import EmoPipeline
-        from emo_core.sampling.ddim import Schedule
-        from emo_core.vae import load_vae
 
         from .comfy_env import offload_device
         from .model import EmoModel
 
-        try:
-            fmt = detect_format(path)  # CheckpointError with the reason for anything else
-        except CheckpointError:
-            raise
-        except Exception as exc:  # e.g. a corrupt safetensors header
-            raise CheckpointError(f"{path}: not a readable EMO or Hallo checkpoint ({exc})") from exc
+        fmt = detect_format(path)  # CheckpointError with the reason for anything else
         folder = path if path.is_dir() else path.parent
-        if fmt == "echomimic":
-            from emo_core.echomimic import load_echomimic
-
-            net = load_echomimic(folder, accelerated=accelerated, device=offload_device(), dtype=dtype)
-        else:
-            net = load_model(path, device=offload_device(), dtype=dtype)
-        vae = comfy_vae
-        if vae is None:
-            sub = next((d for d in (folder / "sd-vae-ft-mse", folder / "vae", folder.parent / "sd-vae-ft-mse",
-                                    folder.parent / "hallo" / "sd-vae-ft-mse") if d.is_dir()), None)
-            if sub is None:
-                raise FileNotFoundError(f"no VAE for {path}: connect a VAE (SD1.5, e.g. vae-ft-mse-840000) or put "
-                                        f"the sd-vae-ft-mse folder in {folder}")
-            vae = load_vae(sub)
-        schedule = Schedule.hallo() if net.cfg.prediction_type == "v_prediction" else Schedule()
+        try:
+            pipe = EmoPipeline.from_folder(path, device=offload_device(), dtype=dtype, vae=comfy_vae,
+                                           accelerated=accelerated)
+        except FileNotFoundError as exc:
+            if comfy_vae is None and "no VAE" in str(exc):
+                raise FileNotFoundError(f"{exc} (or connect a VAE to the loader: SD1.5, e.g. vae-ft-mse-840000)") from exc
+            raise
         aux = folder.parent if path.is_file() and folder.name == "hallo" else folder
-        pipe = EmoPipeline(net, vae, schedule, device=offload_device(), dtype=dtype)
         name = path.name + (ACCELERATED_SUFFIX if fmt == "echomimic" and accelerated else "")
         return EmoModel(pipe, name, fmt, folder=aux)
 

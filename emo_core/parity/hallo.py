@@ -119,7 +119,7 @@ class HalloRunner:
         pipe, g = self.pipe, self.g
         image = (rearrange(self.x("e.source_image"), "c h w -> h w c") + 1) / 2  # Hallo's [-1, 1] -> 0..1
         encoded = []
-        with recording_vae(pipe, encoded), recording_unet(pipe.net, "e.step") as record:
+        with recording_vae(pipe, encoded), recording_unet(pipe.net, lambda i: f"e.step{i}") as record:
             ref = pipe.encode_reference(image, face_embedding=self.x("e.face_emb"))
             windowed = self.outputs.get("f.windowed")  # ours at this dtype when case f ran
             windows = self.x("e.audio_windowed")[0] if windowed is None else windowed[:self.frames]
@@ -133,7 +133,7 @@ class HalloRunner:
                 region_weights=self.region_weights("e"), steps=steps, guidance=float(g.meta["guidance_scale"]),
                 seed=int(g.meta.get("seed", 1241)), callback=cb)))
         out = dict(record)
-        out["e.ref_image_latents"] = torch.cat(encoded)
+        out["e.ref_image_latents"] = torch.cat([latents for _, latents in encoded])
         out["e.audio_tensor"] = self.net.audio_tokens(windows[None])
         out["e.final_latents"] = record[f"e.step{steps - 1}.latents_after"]
         out["e.video"] = rearrange(video, "f h w c -> 1 c f h w")
@@ -164,12 +164,12 @@ def golden_pipeline(folder, dtype: torch.dtype, *, clip_frames: int, motion_fram
 
 @contextmanager
 def recording_vae(pipe: EmoPipeline, encoded: list):
-    """Records every latent the pipeline's VAE encodes (portrait, then motion frames)."""
+    """Records every (images, latents) pair the pipeline's VAE encodes (portrait, then motion frames)."""
     encode = pipe.vae.encode_images
 
     def wrapped(images):
         latents = encode(images)
-        encoded.append(latents)
+        encoded.append((images, latents))
         return latents
 
     pipe.vae.encode_images = wrapped
@@ -180,14 +180,15 @@ def recording_vae(pipe: EmoPipeline, encoded: list):
 
 
 @contextmanager
-def recording_unet(net: EmoNet, prefix: str):
-    """Records the backbone's input and raw output at each call (a forward hook, read only)."""
+def recording_unet(net: EmoNet, name):
+    """Records the backbone's input and raw output at each call (a forward hook, read only) under
+    ``name(call_index)`` + ``.unet_input`` / ``.noise_pred_raw``."""
     record: dict[str, torch.Tensor] = {}
     calls = [0]
 
     def hook(module, args, output):
-        record[f"{prefix}{calls[0]}.unet_input"] = args[0]
-        record[f"{prefix}{calls[0]}.noise_pred_raw"] = output
+        record[f"{name(calls[0])}.unet_input"] = args[0]
+        record[f"{name(calls[0])}.noise_pred_raw"] = output
         calls[0] += 1
 
     handle = net.denoising_unet.register_forward_hook(hook)
