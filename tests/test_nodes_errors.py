@@ -305,3 +305,70 @@ def test_pack_imports_cheaply_without_comfyui():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "9 []"
+
+
+def test_widgets_are_checked_in_the_node_body(comfy, portrait, speech):
+    """Saved workflows, the API and other nodes' outputs bypass the UI's limits: each node checks
+    its widgets and names the bad one (EmoNodeError) before any work."""
+    from nodes.audio import EmoAudioEncode
+    from nodes.chain import EmoGenerate
+    from nodes.common import EmoNodeError, speed_for
+    from nodes.face_mask import EmoFaceMask
+    from nodes.reference import EmoReferenceEncode
+    from nodes.sampler import EmoSampleClip
+    from nodes.speed import EmoSpeed
+
+    model = _model("emo")
+    ref, image, emo_audio, frames, mask, regions = _prepare(model, portrait, speech)
+    checks = comfy["checks"]
+    temp = Path(sys.modules["folder_paths"].get_temp_directory())
+    before = set(temp.iterdir()) if temp.exists() else set()
+    nan, inf = float("nan"), float("inf")
+    cases = [
+        (lambda: EmoSampleClip().sample(model, ref, emo_audio, 0, 0, 2.0, 0),
+         "steps: expected an integer from 1 to 1000, got 0"),
+        (lambda: EmoSampleClip().sample(model, ref, emo_audio, -1, 2, 2.0, 0), "clip_index: expected an integer >= 0"),
+        (lambda: EmoGenerate().generate(model, ref, emo_audio, speech, 2, nan, 0),
+         "cfg: expected a finite number >= 0, got nan"),
+        (lambda: EmoGenerate().generate(model, ref, emo_audio, speech, 2, 2.0, -1),
+         "seed: expected an integer from 0 to 18446744073709551615, got -1"),
+        (lambda: EmoGenerate().generate(model, ref, emo_audio, speech, 2, 2.0, 0, motion_start="sideways"),
+         "motion_start: expected one of reference, zeros, got 'sideways'"),
+        (lambda: EmoAudioEncode().encode(model, 0.0, audio=speech), "fps: expected a finite number > 0, got 0"),
+        (lambda: EmoAudioEncode().encode(model, nan, audio=speech), "fps: expected a finite number > 0, got nan"),
+        (lambda: EmoReferenceEncode().encode(model, portrait, size=100),
+         "size: expected a positive multiple of 64 (the model's size multiple), got 100"),
+        (lambda: EmoReferenceEncode().encode(model, portrait, size=64, margin=nan), "margin: expected a number from"),
+        (lambda: EmoFaceMask().mask(image, expand=nan), "expand: expected a finite number > 0, got nan"),
+        (lambda: EmoSpeed().speed(nan, 25.0), "target_speed: expected a finite number >= 0, got nan"),
+        (lambda: EmoSpeed().speed(inf, 25.0), "target_speed: expected a finite number >= 0, got inf"),
+        (lambda: EmoSpeed().speed(-1.0, 25.0), "target_speed: expected a finite number >= 0, got -1"),
+        (lambda: EmoSpeed().speed(1.0, 0.0), "fps: expected a finite number > 0, got 0"),
+        (lambda: speed_for({"speed": None, "constant": nan, "fps": 25.0}, 4, 25.0),
+         "speed (EMO_SPEED): expected a finite number >= 0, got nan"),
+    ]
+    for call, message in cases:
+        with pytest.raises(EmoNodeError) as err:
+            call()
+        assert str(err.value).startswith(message), (message, str(err.value))
+    assert comfy["checks"] == checks, "no sampling step may run"
+    assert (set(temp.iterdir()) if temp.exists() else set()) == before
+
+
+def test_generate_checks_its_video_file_before_sampling(comfy, portrait, speech, monkeypatch):
+    from emo_core import video_out
+    from nodes.chain import EmoGenerate
+    from nodes.common import EmoNodeError
+
+    model = _model()
+    ref, image, emo_audio, frames, mask, regions = _prepare(model, portrait, speech)
+    checks = comfy["checks"]
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(video_out.tempfile, "mkstemp", refuse)
+    with pytest.raises(EmoNodeError, match="cannot write the video to ComfyUI's temp folder: cannot write in the "
+                                           r"folder .*\(Permission denied\)"):
+        EmoGenerate().generate(model, ref, emo_audio, speech, 2, 3.5, 0, face_mask=mask, regions=regions)
+    assert comfy["checks"] == checks, "no sampling step may run"
