@@ -325,3 +325,48 @@ def test_load_wav2vec_old_weight_norm_layout_and_ctc_prefix(hallo_golden, tiny_w
     torch.testing.assert_close(wav2vec_hidden_states(other, x, 15), wav2vec_hidden_states(tiny_w2v, x, 15), atol=0, rtol=0)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_wav2vec(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- encoder padding
+def _m4a_length_without_cut(path, monkeypatch):
+    from emo_core.preprocess import audio_io
+
+    with monkeypatch.context() as m:
+        m.setattr(audio_io, "_drop_end_padding", lambda data, *a: data)
+        return len(load_audio(path))
+
+
+@pytest.mark.parametrize("sr, seconds", [(44100, 2.013), (48000, 1.371), (16000, 2.013)])
+def test_m4a_end_padding_is_cut(tmp_path, monkeypatch, sr, seconds):
+    """AAC pads the last frame with silence (here 10 to 30 ms): the decoded audio is cut to the
+    real duration, so the video gets round(real seconds x fps) frames, not one more. (Durations
+    in whole milliseconds: the mp4 states its duration in milliseconds.)"""
+    from emo_core.preprocess.audio_features import num_frames_for
+
+    wave = _tone(seconds, sr=sr)[0]
+    path = tmp_path / "a.m4a"
+    _write_av(path, wave, sr, with_video=False)
+    got = load_audio(path)
+    assert abs(len(got) - round(len(wave) * SR / sr)) <= 1
+    for fps in (25, 30):
+        assert num_frames_for(len(got), fps) == math.floor(len(wave) / sr * fps + 0.5)
+    padded = _m4a_length_without_cut(path, monkeypatch)
+    assert padded > len(got) + 0.005 * SR  # the file does carry padding: the test is not vacuous
+    assert num_frames_for(padded, 25) == num_frames_for(len(got), 25) + 1
+
+
+def test_m4a_of_real_speech_matches_its_wav(tmp_path, monkeypatch, speech_file):
+    """espeak-ng speech (22.05 kHz) encoded to m4a with PyAV: same length as the wav it came from."""
+    import av
+
+    data, sr = sf.read(str(speech_file), dtype="float32")
+    path = tmp_path / "speech.m4a"
+    rate = 44100  # AAC-friendly rate; the wav is resampled first, as a phone recording would be
+    wave = resample(data, sr, rate)
+    _write_av(path, wave, rate, with_video=False)
+    with av.open(str(path)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+    got, ref = load_audio(path), load_audio(speech_file)
+    assert abs(len(got) - len(ref)) <= 0.001 * SR + 2  # FFmpeg's mp4 muxer states the duration in milliseconds
+    for fps in (25, 30, 24):
+        assert math.floor(len(got) / SR * fps + 0.5) == math.floor(len(ref) / SR * fps + 0.5)

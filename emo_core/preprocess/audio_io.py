@@ -4,8 +4,8 @@ Decoding uses soundfile (wav, flac, ogg, mp3 with libsndfile >= 1.1) and falls b
 PyAV for everything FFmpeg reads (m4a, aac, the audio track of mp4/mov/mkv, ...). Encoders
 such as AAC add silent samples at the start (priming: FFmpeg drops them) and at the end of the
 last frame (padding: up to a frame, 21 ms at 48 kHz); the decoded samples are cut to the real
-length the file states (iTunes' iTunSMPB tag, else the stream's duration), so the video gets
-exactly round(real seconds x fps) frames.
+length the file states (iTunes' iTunSMPB tag, exact; else the stream's duration, which
+FFmpeg-written mp4s state to the millisecond), so the video gets round(real seconds x fps) frames.
 torchaudio is deliberately not used (it often fails to load beside a newer torch).
 Resampling is polyphase (scipy.signal.resample_poly), so every path gives the same
 result for the same samples.
