@@ -185,3 +185,34 @@ def test_latent_size_must_fit_the_unet():
     x, cond = conditioning(net)
     with pytest.raises(ValueError, match="multiple of 8"):
         net(torch.randn(1, 4, 4, 12, 12), 10, cond)
+
+
+def test_every_attention_goes_through_its_processor():
+    """Temporal, speed and audio attentions dispatch to their processor too (none reads to_q/k/v
+    behind its back), so a swapped processor reaches every attention layer."""
+    from diffusers.models.attention_processor import Attention
+
+    from emo_core.models.attention import AttnProcessor
+
+    net = make_net("emo")
+    seen = set()
+
+    class Counting(AttnProcessor):
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+
+        def __call__(self, attn, hidden_states, *args, **kwargs):
+            seen.add(self.path)
+            return super().__call__(attn, hidden_states, *args, **kwargs)
+
+    wrapped = {path for path, m in net.denoising_unet.named_modules()
+               if isinstance(m, Attention) and type(m.processor) is AttnProcessor}
+    assert any("motion_modules" in p for p in wrapped) and any("audio_modules" in p for p in wrapped)
+    for path, m in net.denoising_unet.named_modules():
+        if path in wrapped:
+            m.set_processor(Counting(path))
+    x, cond = conditioning(net)
+    with torch.no_grad():
+        net(x, 10, cond)
+    assert seen == wrapped

@@ -18,7 +18,7 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
 
-from .attention import AttnProcessor, attention
+from .attention import AttnProcessor
 
 REGIONS = ("full", "face", "lip")
 
@@ -86,16 +86,16 @@ class AudioBlock(nn.Module):
         """x [(b f), h*w, d]; tokens [(b f), t, audio_dim]; region_masks: dict region ->
         [(b f), h*w] at this resolution; region_weights: 3 scalars (full, face, lip)."""
         h = self.norm1(x)
-        x = attention(self.attn1, h, h) + x
+        x = self.attn1(h) + x
         h = self.norm2(x)
         if not self.region_attention:
-            x = attention(self.attn2, h, tokens) + x
+            x = self.attn2(h, encoder_hidden_states=tokens) + x
         else:
             if region_masks is None:
                 raise ValueError("this model's audio attention is split by face regions: "
                                  "full/face/lip masks are required (see preprocess.masks)")
             for i, region in enumerate(REGIONS):
-                out = attention(getattr(self, f"attn2_{i}"), h, tokens) * region_masks[region][:, :, None].to(h.dtype)
+                out = getattr(self, f"attn2_{i}")(h, encoder_hidden_states=tokens) * region_masks[region][:, :, None].to(h.dtype)
                 out = pointwise(getattr(self, f"zero_conv_{region}"), out)
                 x = x + (out if region_weights is None else region_weights[i] * out)
         return self.ff(self.norm3(x)) + x

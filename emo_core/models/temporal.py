@@ -24,7 +24,7 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange, repeat
 from torch import nn
 
-from .attention import AttnProcessor, attention
+from .attention import AttnProcessor
 
 
 class PositionalEncoding(nn.Module):
@@ -75,10 +75,10 @@ class TemporalBlock(nn.Module):
         """x [(b h w), f, c]; speed_tokens [(b h w), f, speed_dim] or None."""
         if self.speed_attention is not None and speed_tokens is not None:
             # before the frames attend to each other, so the speed shapes how far they look
-            x = attention(self.speed_attention, self.speed_norm(x), speed_tokens) + x
+            x = self.speed_attention(self.speed_norm(x), encoder_hidden_states=speed_tokens) + x
         for attn, norm in zip(self.attention_blocks, self.norms):
             h = attn.pos_encoder(norm(x))
-            x = attention(attn, h, h) + x
+            x = attn(h) + x
         return self.ff(self.ff_norm(x)) + x
 
 
