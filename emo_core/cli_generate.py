@@ -10,8 +10,8 @@ EchoMimic folder: denoising_unet[_acc].pth ... with audio_processor/whisper_tiny
 sd-vae-ft-mse/), or one checkpoint file (Hallo's net.pth, read with the helper models of the
 pretrained_models folder it sits in; our emo.safetensors); the file is checked from its header
 before the network is built, and one line says what was read. With ``--download`` missing
-Hallo (or EchoMimic, for a folder named echomimic*) files are fetched into it first. The family is detected from the folder;
-EchoMimic's accelerated weights default to 6 steps without guidance (cfg 1).
+Hallo (or EchoMimic, for a folder named echomimic*) files are fetched into it first. The family
+is detected from the folder; EchoMimic's accelerated weights default to 6 steps without guidance (cfg 1).
 ``--tiny``: random tiny weights, fully offline: the output is noise, it only shows that
 everything runs; ``--tiny-family`` picks the layout (hallo, emo, echomimic).
 

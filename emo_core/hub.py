@@ -255,7 +255,8 @@ def hallo_instructions(folder, missing: Optional[list] = None) -> str:
     folder = Path(folder).expanduser()
     missing = hallo_missing(folder) if missing is None else missing
     lines = [f"Hallo model files are missing from {folder}. Download them (e.g. `hf download "
-             f"{HALLO_REPO} --local-dir {folder}`, huggingface_hub's command line) or copy Hallo's pretrained_models/ there, so that:"]
+             f"{HALLO_REPO} --local-dir {folder}`, huggingface_hub's command line) or copy"
+             f" Hallo's pretrained_models/ there, so that:"]
     for f in missing:
         lines.append(f"  {folder / f.path}   <- {hallo_url(f.path)}  ({f.description})")
     return "\n".join(lines)

@@ -336,8 +336,8 @@ def test_weights_may_name_a_checkpoint_file(tmp_path, capsys):
                "--size", "64", "--steps", "1", "--device", "cpu", "--no-face", "full_frame") == 0
     err = capsys.readouterr().err
     assert f"weights: emo checkpoint file {folder / 'emo.safetensors'} (VAE, audio and face models from {folder})" in err
-    assert probe(out)["video_frames"] == math.floor(0.5 * 25 + 0.5) and sorted(p.name for p in tmp_path.iterdir()) == ["mine", "o.mp4",
-                                                                                               "short.wav"]
+    assert probe(out)["video_frames"] == math.floor(0.5 * 25 + 0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "o.mp4", "short.wav"]
 
 
 def test_identity_fallback_has_the_models_width(tmp_path):
@@ -358,3 +358,43 @@ def test_identity_fallback_has_the_models_width(tmp_path):
     portrait = torch.rand(64, 64, 3)
     ref = pipe.encode_reference(portrait, face_embedding=torch.from_numpy(emb))
     assert ref.identity is not None
+
+
+def test_library_refuses_the_same_values():
+    """pipeline.generate / sample_ddim / guided: ValueError naming the argument, not a
+    ZeroDivisionError or an all-black video."""
+    import torch
+
+    from emo_core.pipeline import EmoPipeline
+    from emo_core.sampling.ddim import Schedule, sample_ddim
+    from emo_core.sampling.guidance import guided
+
+    with pytest.raises(ValueError, match="steps: expected an integer >= 1, got 0"):
+        sample_ddim(lambda x, t: x, torch.zeros(1, 4, 1, 2, 2), Schedule.hallo(), 0)
+    with pytest.raises(ValueError, match="guidance: expected a finite scale >= 0, got nan"):
+        guided(None, None, None, float("nan"))
+    pipe = EmoPipeline.tiny(family="emo")
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    windows = torch.zeros(8, pipe.cfg.audio.feature_blocks, pipe.cfg.audio.feature_dim)
+    for kwargs, message in (({"steps": 0}, "steps: expected an integer from 1 to 1000, got 0"),
+                            ({"guidance": float("inf")}, "guidance: expected a finite number >= 0, got inf"),
+                            ({"seed": -5}, "seed: expected an integer from 0 to"),
+                            ({"speed": torch.full((8,), float("nan"))}, "speed: expected finite degrees per frame")):
+        with pytest.raises(ValueError, match=message):
+            next(pipe.generate(ref, windows, **kwargs))
+
+
+def test_weights_file_of_a_hallo_folder_reads_its_helpers_from_the_folder_above(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from emo_core.cli_generate import resolve_weights
+
+    (tmp_path / "pretrained_models" / "hallo").mkdir(parents=True)
+    ckpt = tmp_path / "pretrained_models" / "hallo" / "net.safetensors"
+    save_file({"denoising_unet.conv_in.weight": torch.zeros(1)}, str(ckpt))
+    assert resolve_weights(ckpt) == (tmp_path / "pretrained_models", ckpt)
+    loose = tmp_path / "net.safetensors"
+    save_file({"denoising_unet.conv_in.weight": torch.zeros(1)}, str(loose))
+    assert resolve_weights(loose) == (tmp_path, loose)
+    assert resolve_weights(tmp_path) == (tmp_path, None)

@@ -246,9 +246,11 @@ def test_every_loader_refuses_with_one_readable_error(tmp_path):
     with pytest.raises(CheckpointError, match="config.json: not usable, expected a diffusers AutoencoderKL config"):
         load_vae(vae)
     (vae / "config.json").write_text(json.dumps(TINY_VAE))
-    with pytest.raises(CheckpointError, match=r"VAE .*diffusion_pytorch_model.safetensors: the checkpoint does not fit"):
+    with pytest.raises(CheckpointError, match=r"VAE .*diffusion_pytorch_model.safetensors: the checkpoint does "
+                                              "not fit"):
         load_vae(vae)
 
     (tmp_path / "glintr100.onnx").write_bytes(b"not an onnx model")
-    with pytest.raises(CheckpointError, match=r"glintr100.onnx: not a usable ONNX model, expected insightface's ArcFace"):
+    with pytest.raises(CheckpointError, match=r"glintr100.onnx: not a usable ONNX model, expected insightface's "
+                                              "ArcFace"):
         FaceEmbedder(models_dir=tmp_path).embed_aligned(torch.zeros(112, 112, 3).numpy())

@@ -140,9 +140,10 @@ class FaceEmbedder:
             except Exception as exc:  # onnxruntime's InvalidProtobuf / Fail / InvalidGraph
                 from ..checkpoints import CheckpointError
 
+                reason = str(exc).splitlines()[0] if str(exc) else ""
                 raise CheckpointError(f"{self.model_path}: not a usable ONNX model, expected insightface's ArcFace "
                                       f"recognition model (glintr100.onnx or w600k_r50.onnx) "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                                      f"({type(exc).__name__}: {reason})") from exc
         return self._session
 
     def embed_aligned(self, crop: np.ndarray) -> np.ndarray:
