@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .windows import take_padded  # noqa: F401  (re-exported: the clip rows of a per-frame input)
+
 
 def plan_clips(num_frames: int, clip_frames: int) -> list[range]:
     """Frame ranges of the clips; the last one may run past ``num_frames`` (padding)."""
@@ -20,12 +22,6 @@ def plan_clips(num_frames: int, clip_frames: int) -> list[range]:
     if clip_frames < 1:
         raise ValueError(f"clip length must be >= 1, got {clip_frames}")
     return [range(i * clip_frames, (i + 1) * clip_frames) for i in range(math.ceil(num_frames / clip_frames))]
-
-
-def take_padded(x: torch.Tensor, frames: range) -> torch.Tensor:
-    """Rows ``frames`` of x [T, ...]; indices past the end repeat the last row."""
-    idx = torch.arange(frames.start, frames.stop).clamp(max=x.shape[0] - 1)
-    return x[idx.to(x.device)]
 
 
 def chain_clips(num_frames: int, clip_frames: int, motion_frames: int,

@@ -15,12 +15,13 @@ from typing import Callable, Iterator
 import torch
 
 from . import checks, families
-from .chaining import chain_clips, take_padded
+from .chaining import chain_clips
 from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_portrait
 from .config import EmoConfig
 from .models.emo import EmoNet
 from .sampling.ddim import Schedule, sample_ddim
 from .vae import Vae
+from .windows import frame_windows, take_padded
 
 __all__ = ["EmoPipeline", "ReferenceState"]
 
@@ -111,9 +112,7 @@ class EmoPipeline:
         """The windows of ``frames`` (past the end: the last frame's window, as padding)."""
         if audio.ndim == 4:
             return take_padded(audio, frames)
-        total, m = audio.shape[0], self.cfg.audio.context
-        centre = torch.arange(frames.start, frames.stop).clamp(max=total - 1)
-        return audio[(centre[:, None] + torch.arange(-m, m + 1)).clamp(0, total - 1)]
+        return frame_windows(audio, self.cfg.audio.context, frames)
 
     # ---- one clip ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -250,3 +250,19 @@ def test_x0_prediction_schedule_and_ddim_round_trip():
     target = torch.randn(1, 4, 2, 4, 4, generator=g, dtype=torch.float64)
     out = sample_ddim(lambda x, t: target, torch.randn(target.shape, generator=g, dtype=torch.float64), s, 20)
     torch.testing.assert_close(out, target)
+
+
+def test_one_window_edge_rule():
+    """Audio windows read across clip borders (the whole video is the sequence), speed windows
+    stop at the clip edge, rows past the video's end repeat the last frame: one helper, one rule."""
+    from emo_core.models.speed import context_windows
+    from emo_core.windows import frame_windows, take_padded
+
+    video = torch.arange(10.0)
+    clip2 = frame_windows(video, 2, range(4, 8))  # the second clip of 4 frames
+    assert clip2[0].tolist() == [2, 3, 4, 5, 6] and clip2[-1].tolist() == [5, 6, 7, 8, 9]
+    last = frame_windows(video, 2, range(8, 12))  # padded last clip
+    assert last[0].tolist() == [6, 7, 8, 9, 9] and torch.equal(last[2], last[1]) and torch.equal(last[3], last[1])
+    assert take_padded(video, range(8, 12)).tolist() == [8, 9, 9, 9]
+    speed = context_windows(video[4:8][None], 2)[0]  # the same clip's speed values only
+    assert speed[0].tolist() == [4, 4, 4, 5, 6] and speed[-1].tolist() == [5, 6, 7, 7, 7]

@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import nn
 
 from ..config import SpeedConfig
+from ..windows import window_indices
 
 
 def bucket_encode(speed: torch.Tensor, centers, radii) -> torch.Tensor:
@@ -22,10 +23,9 @@ def bucket_encode(speed: torch.Tensor, centers, radii) -> torch.Tensor:
 
 
 def context_windows(x: torch.Tensor, m: int) -> torch.Tensor:
-    """x [b, f, ...] -> [b, f, 2m+1, ...]: frames i-m..i+m, indices clamped to the clip."""
+    """x [b, f, ...] -> [b, f, 2m+1, ...]: frames i-m..i+m, clamped to the clip (``emo_core.windows``)."""
     f = x.shape[1]
-    idx = (torch.arange(f, device=x.device)[:, None] + torch.arange(-m, m + 1, device=x.device)).clamp(0, f - 1)
-    return x[:, idx]
+    return x[:, window_indices(torch.arange(f, device=x.device), m, f)]
 
 
 class SpeedEncoder(nn.Module):

@@ -204,12 +204,10 @@ def window_features(emb: torch.Tensor, m: int = 2, start: int = 0, stop: Optiona
     ``start``/``stop`` select output frames (the window still reads neighbours outside
     that range), so long sequences can be windowed clip by clip.
     """
+    from ..windows import frame_windows
+
     t = emb.shape[0]
-    stop = t if stop is None else min(int(stop), t)
-    centre = torch.arange(int(start), stop, device=emb.device)
-    offsets = torch.arange(-m, m + 1, device=emb.device)
-    idx = (centre[:, None] + offsets[None, :]).clamp(0, t - 1)
-    return emb[idx]
+    return frame_windows(emb, m, range(int(start), t if stop is None else min(int(stop), t)))
 
 
 @torch.no_grad()
