@@ -143,6 +143,18 @@ def expected_shapes(cfg: EmoConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
+def check_parts(cfg: EmoConfig, parts) -> None:
+    """Checks the headers of checkpoints that each fill one part of an EmoNet of ``cfg`` (e.g.
+    EchoMimic's files): ``parts`` is [(attribute such as "reference_unet", header, what)]. Only a
+    meta-device network is built."""
+    from .models.emo import EmoNet
+
+    with torch.device("meta"):
+        net = EmoNet(cfg)
+    for attr, header, what in parts:
+        check_shapes({k: tuple(v.shape) for k, v in getattr(net, attr).state_dict().items()}, header, what)
+
+
 def check_checkpoint(weights: Path, cfg: EmoConfig, fmt: str) -> None:
     """Refuses a checkpoint that cannot fit an EmoNet of ``cfg`` from its header alone, before
     the network is built: not an EMO/Hallo file at all, or names / shapes that differ."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, load_state_dict, load_strict
+from .checkpoints import CheckpointError, check_parts, load_state_dict, load_strict, read_header
 from .config import AudioConfig, ConfigError, EmoConfig, TemporalConfig, UNetConfig
 
 HF_REPO = "BadToBest/EchoMimic"
@@ -133,9 +133,13 @@ def load_echomimic(folder: str | Path, *, accelerated: bool | None = None, confi
     folder = Path(folder)
     files = find_files(folder, accelerated)
     cfg = config or config_from_folder(folder)
-    net = EmoNet(cfg)
-    load_strict(net.denoising_unet, denoising_state_dict(files), f"EchoMimic {files.denoising_unet.name}"
-                + (f" + {files.motion_module.name}" if files.motion_module else ""))
+    unet_what = f"EchoMimic {files.denoising_unet.name}" + (f" + {files.motion_module.name}" if files.motion_module else "")
+    motion = {} if files.motion_module is None else read_header(files.motion_module)
+    check_parts(cfg, [("denoising_unet", {**motion, **read_header(files.denoising_unet)}, unet_what),
+                      ("reference_unet", read_header(files.reference_unet), f"EchoMimic {files.reference_unet.name}"),
+                      ("face_locator", read_header(files.face_locator), f"EchoMimic {files.face_locator.name}")])
+    net = EmoNet(cfg)  # the files' names and shapes fit: build and load
+    load_strict(net.denoising_unet, denoising_state_dict(files), unet_what)
     load_strict(net.reference_unet, load_state_dict(files.reference_unet), f"EchoMimic {files.reference_unet.name}")
     load_strict(net.face_locator, load_state_dict(files.face_locator), f"EchoMimic {files.face_locator.name}")
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -254,3 +254,27 @@ def test_every_loader_refuses_with_one_readable_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"glintr100.onnx: not a usable ONNX model, expected insightface's "
                                               "ArcFace"):
         FaceEmbedder(models_dir=tmp_path).embed_aligned(torch.zeros(112, 112, 3).numpy())
+
+
+def test_echomimic_files_are_checked_before_the_build(tmp_path, monkeypatch):
+    """A foreign reference_unet.pth in an EchoMimic folder: refused from the headers, naming the file."""
+    from test_echomimic import _write_echomimic_folder
+
+    from emo_core.echomimic import load_echomimic
+
+    cfg = EmoConfig.tiny(family="echomimic")
+    _write_echomimic_folder(EmoNet(cfg), tmp_path)
+    torch.save({"model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3)}, tmp_path / "reference_unet.pth")
+    real, built = EmoNet.__init__, []
+
+    def guarded(self, c):
+        assert torch.empty(0).device.type == "meta", "the network was built before the files were checked"
+        built.append(c)
+        real(self, c)
+
+    monkeypatch.setattr(EmoNet, "__init__", guarded)
+    with pytest.raises(CheckpointError) as err:
+        load_echomimic(tmp_path, config=cfg)
+    msg = str(err.value)
+    assert msg.startswith("EchoMimic reference_unet.pth: the checkpoint does not fit the model")
+    assert "1 unexpected keys: model.diffusion_model.out.2.weight" in msg and len(built) == 1
