@@ -99,16 +99,28 @@ def encode_portrait(net, latent: torch.Tensor, face_embedding: torch.Tensor | No
     return ReferenceState(image, latent, identity, features, null_identity, null_features)
 
 
+def build_conditioning(net, *, identity: torch.Tensor | None, reference: ReferenceFeatures | None = None,
+                       audio_windows: torch.Tensor | None = None, face_mask: torch.Tensor | None = None,
+                       speed: torch.Tensor | None = None, region_masks=None, region_weights=None) -> Conditioning:
+    """The conditions of a batch of b clips (training and inference alike): identity tokens
+    [b, n, D]; audio_windows [b, f, window, blocks, size]; face_mask [b, H, W] or [b, C, H, W];
+    speed [b, f] degrees per frame."""
+    audio = None if audio_windows is None else net.audio_tokens(audio_windows)
+    face = None if face_mask is None else net.face_features(face_mask)
+    speed_tokens = None if speed is None else net.speed_tokens(speed.to(net.device, torch.float32))
+    return Conditioning(reference=reference, identity=identity, audio=audio, face=face, speed=speed_tokens,
+                        region_masks=region_masks, region_weights=region_weights)
+
+
 def clip_conditioning(net, ref: ReferenceState, *, audio_windows: torch.Tensor | None = None,
                       face_mask: torch.Tensor | None = None, speed: torch.Tensor | None = None,
                       region_masks=None, region_weights=None) -> Conditioning:
     """The conditional half of one clip, without reference features (the rule adds them).
     audio_windows [f, window, blocks, size]; face_mask [H, W] (or [C, H, W]); speed [f]."""
-    audio = None if audio_windows is None else net.audio_tokens(audio_windows[None])
-    face = None if face_mask is None else net.face_features(face_mask[None])
-    speed_tokens = None if speed is None else net.speed_tokens(speed.reshape(1, -1).to(net.device, torch.float32))
-    return Conditioning(reference=None, identity=ref.identity, audio=audio, face=face, speed=speed_tokens,
-                        region_masks=region_masks, region_weights=region_weights)
+    return build_conditioning(
+        net, identity=ref.identity, audio_windows=None if audio_windows is None else audio_windows[None],
+        face_mask=None if face_mask is None else face_mask[None], speed=None if speed is None else speed.reshape(1, -1),
+        region_masks=region_masks, region_weights=region_weights)
 
 
 def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents: torch.Tensor | None, *,

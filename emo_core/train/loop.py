@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..conditioning import build_conditioning
 from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning
@@ -153,15 +154,8 @@ def conditioning(net: EmoNet, ref_latents, motion_latents, mask, audio_windows, 
     b = ref_latents.shape[0]
     identity = net.identity_tokens(identity_embedding, b)
     null_identity = net.identity_tokens(None, b)
-    ref = net.reference_features(ref_latents, identity, motion_latents)
-    cond = Conditioning(
-        reference=ref,
-        identity=identity,
-        audio=None if audio_windows is None else net.audio_tokens(audio_windows),
-        face=net.face_features(mask),
-        speed=None if speed is None else net.speed_tokens(speed),
-        region_masks=region_masks,
-    )
+    cond = build_conditioning(net, identity=identity, reference=net.reference_features(ref_latents, identity, motion_latents),
+                              audio_windows=audio_windows, face_mask=mask, speed=speed, region_masks=region_masks)
     return cond, null_identity
 
 
