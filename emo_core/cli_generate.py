@@ -93,6 +93,9 @@ def _fraction(option: str, high: float):
     return parse
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
 class UsageError(ValueError):
     """A bad option, found before any model work: ``<option>: expected ..., got ...``."""
 
@@ -154,6 +157,8 @@ def validate_args(args) -> None:
         weights = Path(args.weights).expanduser()
         if weights.exists() and not (weights.is_dir() or weights.is_file()):
             raise UsageError(f"--weights: expected a model folder or a checkpoint file, got {args.weights}")
+        if not weights.exists() and weights.suffix.lower() in CHECKPOINT_SUFFIXES:  # a folder may be downloaded into
+            raise UsageError(f"--weights: expected a model folder or a checkpoint file, got {args.weights} (not found)")
     out = Path(args.output).expanduser()
     try:
         check_output_path(out)
@@ -257,15 +262,6 @@ def audio_conditioning(pipe, audio_model, wave, fps: float):
     return AudioFeatureExtractor(audio_model, fps=fps, m=a.context).encode(wave)
 
 
-def tiny_audio_model(cfg):
-    """The random audio encoder of the tiny preset, of the width and depth ``cfg`` expects."""
-    if cfg.audio.encoder == "whisper":
-        from .preprocess.whisper_features import tiny_whisper
-
-        return tiny_whisper(cfg.audio.feature_dim, cfg.audio.feature_blocks)
-    return tiny_wav2vec(cfg.audio.feature_dim, cfg.audio.feature_blocks)
-
-
 def load_portrait(path, size: int, *, framing: str = "face", margin: float = 0.5, if_missing: str = "error",
                   models_dir=None):
     """Image file -> (FramedPortrait: the model's [size, size, 3] float portrait, its Framing in the
@@ -290,22 +286,6 @@ def load_portrait(path, size: int, *, framing: str = "face", margin: float = 0.5
         raise SystemExit(f"error: {exc} (--no-face full_frame continues without one)")
     print(framed.framing.describe(), file=sys.stderr)
     return framed, photo
-
-
-def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
-    """A randomly initialised wav2vec2 with ``layers`` blocks of width ``hidden`` (smoke preset)."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    cfg = Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                         intermediate_size=2 * hidden, conv_dim=(8,) * 7, num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
-                         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                         layerdrop=0.0, mask_time_prob=0.0, apply_spec_augment=False)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Wav2Vec2Model(cfg)
-    return model.eval().requires_grad_(False)
 
 
 def face_conditioning(pipe, portrait, face, expand: float, models_dir):

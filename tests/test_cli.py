@@ -210,6 +210,12 @@ def test_missing_image_or_audio_is_refused_before_any_model_work(tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def test_missing_checkpoint_file_is_refused_before_any_model_work(tmp_path, capsys, no_model_work):
+    assert run("--image", IMAGE, "--audio", SPEECH, "-o", tmp_path / "o.mp4", "--weights", tmp_path / "net.pth") == 2
+    assert capsys.readouterr().err.startswith(f"error: --weights: expected a model folder or a checkpoint file, got "
+                                              f"{tmp_path / 'net.pth'} (not found)")
+
+
 def test_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, no_model_work):
     folder = tmp_path / "videos.mp4"  # even a folder named like a video
     folder.mkdir()
