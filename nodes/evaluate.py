@@ -43,7 +43,8 @@ class EmoEvaluate:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "generated video frames"}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                                  "tooltip": "frame rate of the generated frames"}),
                 "metrics": ("STRING", {"default": ",".join(METRICS),
                                        "tooltip": "comma-separated subset of " + ",".join(METRICS)}),
             },

@@ -1,5 +1,6 @@
 """EMO Face Mask: the face-locator mask (expanded face box) and Hallo's full/face/lip regions,
-from MediaPipe (mediapipe package), from core's FACE_LANDMARKS, or from a MASK you pass in."""
+from MediaPipe's Tasks models (mediapipe package; model files in models/emo/face_analysis,
+downloaded on first use), from core's FACE_LANDMARKS, or from a MASK you pass in."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,13 +31,43 @@ def faces_from_core_landmarks(face_landmarks: dict) -> list:
     return out
 
 
-def detect_faces(images, models_dir) -> list:
+def face_model_dirs(emo_model=None):
+    """(download folder, folders searched first): ComfyUI's models/emo/face_analysis (outside
+    ComfyUI $EMO_MODELS_DIR/emo/face_analysis); first every other registered emo folder's
+    face_analysis and the loaded model's own face-model folder (Hallo's face_analysis/models)."""
+    from .comfy_env import emo_folders
+
+    folders = [d / "face_analysis" for d in emo_folders()]
+    own = None if emo_model is None else emo_model.face_models_dir()
+    return folders[0], [d for d in folders[1:] + [own] if d is not None]
+
+
+def _download_progress():
+    """Progress of a face-model download: ComfyUI's progress bar and a line on the console."""
+    from emo_core.preprocess.face import print_progress
+
+    from .comfy_env import progress_bar
+
+    bar, lines = progress_bar(100), {}
+
+    def cb(name, done, total):
+        lines.setdefault(name, print_progress(name))(done, total)
+        if total:
+            bar.update_absolute(int(100 * done / total), 100)
+
+    return cb
+
+
+def detect_faces(images, emo_model=None) -> list:
+    """The largest face per frame (None where there is none), with MediaPipe's Tasks models
+    from the models folder (downloaded there on first use)."""
     from emo_core.preprocess.face import FaceAnalyzer
 
     from .comfy_env import check_interrupt
 
+    models_dir, search = face_model_dirs(emo_model)
     frames = (images[..., :3].clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
-    with FaceAnalyzer(models_dir=models_dir) as analyzer:
+    with FaceAnalyzer(models_dir=models_dir, search_dirs=search, progress_callback=_download_progress()) as analyzer:
         faces = []
         for frame in frames:
             check_interrupt()
@@ -65,10 +96,13 @@ class EmoFaceMask:
             },
             "optional": {
                 "face_landmarks": ("FACE_LANDMARKS", {"tooltip": "core's MediaPipe Face Landmarker output for the same "
-                                                                 "image(s): no mediapipe package needed"}),
+                                                                 "image(s), used instead of the pack's own face "
+                                                                 "analysis (no face model download)"}),
                 "mask": ("MASK", {"tooltip": "use this mask as the face-locator mask (passed through; regions are "
                                              "approximated from its box)"}),
-                "emo_model": (EMO_MODEL, {"tooltip": "where the face model files are (models/emo/hallo/face_analysis)"}),
+                "emo_model": (EMO_MODEL, {"tooltip": "also look for the face model files in this model's folder "
+                                                     "(Hallo's face_analysis/models); else models/emo/face_analysis, "
+                                                     "downloaded on first use"}),
             },
         }
 
@@ -97,7 +131,7 @@ class EmoFaceMask:
                                  f"is {(h, w)}: run the landmarker on the same image")
             faces = faces_from_core_landmarks(face_landmarks)
         else:
-            faces = detect_faces(image, None if emo_model is None else emo_model.face_models_dir())
+            faces = detect_faces(image, emo_model)
         if all(f is None for f in faces):
             if if_no_face == "error":
                 raise NoFaceError(f"no face found in the {w}x{h} image{'s' if b > 1 else ''}: use a clear, front-facing "

@@ -20,7 +20,8 @@ class EmoSampleClip:
         return {
             "required": {
                 **SOURCE_INPUTS,
-                "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000}),
+                "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                       "tooltip": "which clip of the audio to sample (0 = the first; see 'clips')"}),
                 **SAMPLING_WIDGETS,
             },
             "optional": {
@@ -99,7 +100,8 @@ class EmoDecodeClip:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"emo_model": (EMO_MODEL, {}), "latent": ("LATENT", {})}}
+        return {"required": {"emo_model": (EMO_MODEL, {"tooltip": "the model whose VAE decodes the clip"}),
+                             "latent": ("LATENT", {"tooltip": "one clip from EMO Sample Clip"})}}
 
     def decode(self, emo_model, latent):
         samples = latent["samples"]

@@ -28,9 +28,12 @@ class EmoSpeed:
                 "driving_images": ("IMAGE", {"tooltip": "frames of a talking-head video (e.g. from Load Video)"}),
                 "face_landmarks": ("FACE_LANDMARKS", {"tooltip": "core's Face Landmarker output for the driving frames "
                                                                  "(instead of driving_images; no mediapipe package)"}),
-                "driving_fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01}),
+                "driving_fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                                          "tooltip": "frame rate of the driving frames (Get Video Components' fps)"}),
                 "smooth": ("INT", {"default": 5, "min": 0, "max": 51, "tooltip": "moving-average window in frames"}),
-                "emo_model": (EMO_MODEL, {"tooltip": "where the face model files are"}),
+                "emo_model": (EMO_MODEL, {"tooltip": "also look for the face model files in this model's folder "
+                                                     "(Hallo's face_analysis/models); else models/emo/face_analysis, "
+                                                     "downloaded on first use"}),
             },
         }
 
@@ -58,7 +61,7 @@ class EmoSpeed:
         else:
             from .face_mask import detect_faces
 
-            faces = detect_faces(driving_images, None if emo_model is None else emo_model.face_models_dir())
+            faces = detect_faces(driving_images, emo_model)
         series = rotation_speed(head_rotations(faces), smooth=int(smooth))  # NoFaceError when no face at all
         series = (series * float(driving_fps) / float(fps)).astype(np.float32)  # deg per output frame
         return ({"speed": series, "constant": None, "fps": float(driving_fps)}, float(series.mean()))

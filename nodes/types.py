@@ -47,9 +47,21 @@ STEPS = ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip": "DDIM steps (H
 CFG = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
                  "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step; "
                             "EchoMimic accelerated: 1)"})
-SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
+SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                "tooltip": "noise seed: the same seed and inputs give the same video"})
 # The inputs every sampling node starts with, and its DDIM widgets (in this order: saved
 # workflows list widget values by position).
-SOURCE_INPUTS = {"emo_model": (EMO_MODEL, {}), "reference": (EMO_REFERENCE, {}), "emo_audio": (EMO_AUDIO, {})}
+SOURCE_INPUTS = {
+    "emo_model": (EMO_MODEL, {"tooltip": "the network from EMO Model Loader"}),
+    "reference": (EMO_REFERENCE, {"tooltip": "the portrait's features from EMO Reference Encode"}),
+    "emo_audio": (EMO_AUDIO, {"tooltip": "per-frame audio features from EMO Audio Encode (sets the frame count)"}),
+}
 SAMPLING_WIDGETS = {"steps": STEPS, "cfg": CFG, "seed": SEED}
-CONDITIONING_INPUTS = {"face_mask": ("MASK", {}), "regions": (EMO_REGIONS, {}), "speed": (EMO_SPEED, {})}
+CONDITIONING_INPUTS = {
+    "face_mask": ("MASK", {"tooltip": "face-locator mask from EMO Face Mask (where the face may move); "
+                                      "without it the whole frame"}),
+    "regions": (EMO_REGIONS, {"tooltip": "Hallo's full/face/lip audio-attention regions from EMO Face Mask "
+                                         "(Hallo-layout models)"}),
+    "speed": (EMO_SPEED, {"tooltip": "head-motion speed from EMO Speed (EMO-layout models with speed layers; "
+                                     "others ignore it)"}),
+}

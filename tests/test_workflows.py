@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from comfy_executor import Executor, ValidationError, load_json, ui_to_api
+from face_models import face_mirror, face_model_files  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -26,7 +27,9 @@ def node_classes():
 
 
 @pytest.fixture()
-def dirs(tmp_path, monkeypatch):
+def dirs(tmp_path, monkeypatch, face_mirror):
+    """input/ with the samples, output/, an empty models folder and a loopback mirror of the
+    face model files (EMO Face Mask downloads them on first use, as for a new user)."""
     inp, out = tmp_path / "input", tmp_path / "output"
     inp.mkdir()
     out.mkdir()
@@ -94,7 +97,7 @@ def test_api_workflow_validates_as_shipped(name, node_classes, dirs):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs):
+def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs, face_mirror, tmp_path):
     from emo_core.preprocess.audio_io import load_audio
     from emo_core.video_out import probe
 
@@ -124,6 +127,9 @@ def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs):
         assert abs(info["video_seconds"] - seconds) <= 0.5 / fps + 1e-6
         assert abs(info["audio_seconds"] - seconds) < 0.15
     assert not list(out.rglob("*.part*")), "no half-written file may remain"
+    # EMO Face Mask fetched the landmarker bundle once, into the models folder (as for a new user)
+    assert face_mirror.requests == ["/face_landmarker.task"]
+    assert (tmp_path / "models" / "emo" / "face_analysis" / "face_landmarker.task").is_file()
     if family == "echomimic":  # the accelerated model's settings, as shipped
         assert prompt[gen_id]["inputs"]["steps"] == 6 and prompt[gen_id]["inputs"]["cfg"] == 1.0
         assert "regions" not in prompt[gen_id]["inputs"] and "face_mask" in prompt[gen_id]["inputs"]
