@@ -177,6 +177,7 @@ def sigterm_as_interrupt():
     """While inside: SIGTERM raises Terminated (a KeyboardInterrupt), so the mp4 writer deletes its
     partial file exactly as on Ctrl-C. Outside the main thread nothing is installed."""
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         raise Terminated()
 
     try:
@@ -347,6 +348,8 @@ def generate(args) -> int:
               "the video is NOISE.", file=sys.stderr)
         torch.set_num_threads(1)  # tiny tensors: threads only add overhead
         pipe = EmoPipeline.tiny(seed=0, family=family, device=device)
+        from .families.tiny import tiny_audio_model
+
         audio_model = tiny_audio_model(pipe.cfg)
         size, face_dir = (64 if args.size == 512 else args.size), None
         accelerated = family == "echomimic"  # the tiny EchoMimic stands in for the accelerated model
@@ -357,6 +360,8 @@ def generate(args) -> int:
             if is_echomimic(weights):
                 pipe, audio_model, accelerated = load_echomimic_pipeline(
                     weights, accelerated=args.accelerated, download=args.download, device=device, dtype=dtype)
+                print(f"weights: echomimic model folder {weights}{' (accelerated)' if accelerated else ''}",
+                      file=sys.stderr)
                 face_dir = next((d for d in (weights / "face_analysis" / "models",
                                              weights.parent / "hallo" / "face_analysis" / "models") if d.is_dir()), None)
             else:
@@ -444,12 +449,16 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .checkpoints import CheckpointError
+    from .video_out import VideoWriteError
 
     with sigterm_as_interrupt():
         try:
             return generate(args)
         except CheckpointError as exc:  # any model file (network, VAE, audio, face models) refused
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except VideoWriteError as exc:  # e.g. the disk filled up: the partial file is already deleted
+            print(f"error: {args.output} was not written: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as exc:
             print(f"interrupted: {args.output} was not written", file=sys.stderr)

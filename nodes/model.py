@@ -50,18 +50,6 @@ class ComfyVae:
         return torch.cat(out)
 
 
-def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
-    from emo_core.cli_generate import tiny_wav2vec as make
-
-    return make(hidden, layers, seed)
-
-
-def tiny_whisper(width: int, states: int, seed: int = 0):
-    from emo_core.preprocess.whisper_features import tiny_whisper as make
-
-    return make(width, states, seed)
-
-
 class _Modules(nn.Module):
     """What the ModelPatcher moves: the network and, when it is ours, the VAE."""
 
@@ -120,34 +108,32 @@ class EmoModel:
     def audio_model(self):
         """The audio encoder this network was trained with (wav2vec2, or whisper-tiny for the
         EchoMimic family), on the compute device."""
-        if self._wav2vec is None and self.cfg.audio.encoder == "whisper":
-            a = self.cfg.audio
-            if self.tiny:
-                model = tiny_whisper(a.feature_dim, a.feature_blocks)
-            else:
-                from emo_core.echomimic import load_whisper
+        if self._wav2vec is None and self.tiny:
+            from emo_core.families.tiny import tiny_audio_model
 
-                model = load_whisper(self.folder if self.folder is not None else Path("."))
+            self._wav2vec = Patched(tiny_audio_model(self.cfg))
+        if self._wav2vec is None and self.cfg.audio.encoder == "whisper":
+            from emo_core.echomimic import load_whisper
+
+            a = self.cfg.audio
+            model = load_whisper(self.folder if self.folder is not None else Path("."))
             if (model.num_states, model.dims.n_audio_state) != (a.feature_blocks, a.feature_dim):
                 raise ValueError(f"the whisper model gives {model.num_states} states of {model.dims.n_audio_state}; "
                                  f"this EchoMimic model expects {a.feature_blocks} of {a.feature_dim} (whisper-tiny)")
             self._wav2vec = Patched(model)
         if self._wav2vec is None:
+            from emo_core.preprocess.audio_features import load_wav2vec
+
             a = self.cfg.audio
-            if self.tiny:
-                model = tiny_wav2vec(a.feature_dim, a.feature_blocks)
-            else:
-                from emo_core.preprocess.audio_features import load_wav2vec
+            folder = self.wav2vec_folder()
+            if folder is None or not (folder / "config.json").is_file():
+                from emo_core.hub import ModelFileMissing
 
-                folder = self.wav2vec_folder()
-                if folder is None or not (folder / "config.json").is_file():
-                    from emo_core.hub import ModelFileMissing
-
-                    raise ModelFileMissing(
-                        f"wav2vec2 folder not found at {folder}: put facebook/wav2vec2-base-960h there "
-                        "(config.json + model.safetensors, as in Hallo's pretrained_models/wav2vec/), or feed "
-                        "core's AUDIO_ENCODER_OUTPUT into EMO Audio Encode instead")
-                model = load_wav2vec(folder)
+                raise ModelFileMissing(
+                    f"wav2vec2 folder not found at {folder}: put facebook/wav2vec2-base-960h there "
+                    "(config.json + model.safetensors, as in Hallo's pretrained_models/wav2vec/), or feed "
+                    "core's AUDIO_ENCODER_OUTPUT into EMO Audio Encode instead")
+            model = load_wav2vec(folder)
             hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
             if (hidden, layers) != (a.feature_dim, a.feature_blocks):
                 raise ValueError(f"the wav2vec2 model has {layers} blocks of {hidden}; this EMO model expects "

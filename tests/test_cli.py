@@ -315,7 +315,7 @@ def _tiny_model_folder(folder, cfg):
     import torch
 
     from emo_core.checkpoints import save_model
-    from emo_core.cli_generate import tiny_wav2vec
+    from emo_core.preprocess.audio_features import tiny_wav2vec
     from emo_core.models.emo import EmoNet
     from emo_core.vae import tiny_vae
 

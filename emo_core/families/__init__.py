@@ -95,4 +95,4 @@ VAE_FOLDERS = ("sd-vae-ft-mse", "vae", "../sd-vae-ft-mse", "../hallo/sd-vae-ft-m
 
 def vae_folder(folder: Path) -> Path | None:
     """The SD VAE that goes with the weights in ``folder`` (beside them, or beside their folder)."""
-    return next((folder / n for n in VAE_FOLDERS if (folder / n / "config.json").is_file()), None)
+    return next((folder / n for n in VAE_FOLDERS if (folder / n).is_dir()), None)

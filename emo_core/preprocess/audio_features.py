@@ -311,3 +311,19 @@ class AudioFeatureExtractor:
         """Windows for frames [start, stop); ``audio`` is a waveform or an ``encode`` result."""
         emb = audio if torch.is_tensor(audio) and audio.ndim == 3 else self.encode(audio)
         return window_features(emb, self.m, start, stop)
+
+
+def tiny_wav2vec(hidden: int, layers: int, seed: int = 0):
+    """A randomly initialised wav2vec2 with ``layers`` blocks of width ``hidden`` (smoke preset)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = Wav2Vec2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=2 * hidden, conv_dim=(8,) * 7, num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False,
+                         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                         layerdrop=0.0, mask_time_prob=0.0, apply_spec_augment=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Wav2Vec2Model(cfg)
+    return model.eval().requires_grad_(False)
