@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from emo_core.__main__ import main
+from face_models import face_model_files  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE, SPEECH = REPO / "samples" / "portrait.png", REPO / "samples" / "speech.wav"
@@ -327,14 +328,22 @@ def _tiny_model_folder(folder, cfg):
     return folder
 
 
-def test_weights_may_name_a_checkpoint_file(tmp_path, capsys):
+def test_weights_may_name_a_checkpoint_file(tmp_path, capsys, face_model_files, monkeypatch):
+    import shutil
+
     import soundfile as sf
+    from face_models import NAMES
 
     from emo_core.config import EmoConfig
     from emo_core.preprocess.audio_io import load_audio
     from emo_core.video_out import probe
 
     folder = _tiny_model_folder(tmp_path / "mine", EmoConfig.tiny(family="emo"))
+    faces = folder / "face_analysis" / "models"  # Hallo's layout, beside the checkpoint
+    faces.mkdir(parents=True)
+    for name in NAMES:
+        shutil.copyfile(face_model_files / name, faces / name)
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path / "mine" / "unused"))  # nothing is downloaded
     short = tmp_path / "short.wav"
     sf.write(short, load_audio(SPEECH)[:8000], 16000)  # 0.5 s
     out = tmp_path / "o.mp4"
