@@ -151,3 +151,37 @@ def test_validation_reports_bad_wiring(node_classes, dirs):
         Executor(node_classes, inp, out).validate(bad)
     msg = str(err.value)
     assert "wants EMO_REFERENCE but gets IMAGE" in msg and "below the minimum" in msg and "'emo_audio' missing" in msg
+
+
+def test_every_input_of_every_pack_node_has_a_tooltip(node_classes):
+    missing = [f"{name}.{inp}" for name, cls in node_classes.items()
+               for section in ("required", "optional") for inp, spec in cls.INPUT_TYPES().get(section, {}).items()
+               if not (spec[1] if len(spec) > 1 else {}).get("tooltip")]
+    assert not missing, f"inputs without a tooltip: {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_node_covers_another_in_the_editor(name):
+    """Node rectangles, title bar included (30 units above "pos"), are pairwise disjoint; nodes
+    that show a preview (Load Image / Load Video / Save Video) have room for it; the graph
+    opens at a readable zoom."""
+    ui = load_json(REPO / "workflows" / f"{name}.json")
+    rects = {}
+    for n in ui["nodes"]:
+        (x, y), (w, h) = n["pos"], n["size"]
+        assert w >= 200 and h >= 60, f"{n['type']} is {w}x{h}"
+        if n["type"] in ("LoadImage", "LoadVideo", "SaveVideo"):
+            assert h >= 380 and w >= 300, f"{n['type']} has no room for its preview ({w}x{h})"
+        rects[f"{n['type']}#{n['id']}"] = (x, y - 30, x + w, y + h)
+    names = sorted(rects)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ra, rb = rects[a], rects[b]
+            overlap = min(ra[2], rb[2]) > max(ra[0], rb[0]) and min(ra[3], rb[3]) > max(ra[1], rb[1])
+            assert not overlap, f"{a} {ra} overlaps {b} {rb}"
+    # links run left to right (each input's source sits in an earlier column or above it)
+    pos = {n["id"]: n["pos"] for n in ui["nodes"]}
+    for _lid, src, _slot, dst, _dslot, _typ in ui["links"]:
+        assert pos[src][0] < pos[dst][0] or (pos[src][0] == pos[dst][0] and pos[src][1] < pos[dst][1]), \
+            f"link {src} -> {dst} runs backwards"
+    assert ui["extra"]["ds"]["scale"] >= 0.7, "the graph should open at 70% zoom or closer"

@@ -35,6 +35,13 @@ CORE = {
 UPLOAD_VALUE = {"LoadImage": "image", "LoadVideo": "video"}
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
+# Layout (the editor's units): a node's "pos" is the top left of its body, its title bar (TITLE
+# high) sits above it. Nodes that show a preview get room for it, so that the preview never
+# spills over the node below; the others get room for their slots and widgets.
+TITLE, GAP_X, GAP_Y, MARGIN = 30, 70, 40, 40
+PREVIEW_SIZE = {"LoadImage": (320, 400), "LoadVideo": (320, 400), "SaveVideo": (340, 420), "LoadAudio": (320, 170)}
+NODE_WIDTH = 330
+
 
 def _ours(type_):
     cls = NODE_CLASS_MAPPINGS[type_]
@@ -69,13 +76,24 @@ def _common(audio_file, size=512, steps=40, cfg=3.5, keep="all", model=HALLO_CHO
         (1, "EmoModelLoader", {"model": model, "dtype": "auto", "download": True}, {}),
         (2, "LoadImage", {"image": "portrait.png"}, {}),
         (3, "LoadAudio", {"audio": audio_file}, {}),
-        (4, "EmoReferenceEncode", {"size": size, "crop": "center", "identity": True}, {"emo_model": (1, 0), "image": (2, 0)}),
+        (4, "EmoReferenceEncode", {"size": size, "crop": "face", "identity": True, "margin": 0.5, "if_no_face": "error"},
+         {"emo_model": (1, 0), "image": (2, 0)}),
         (5, "EmoAudioEncode", {"fps": 25.0}, {"emo_model": (1, 0), "audio": (3, 0)}),
         (6, "EmoFaceMask", {"expand": 1.2, "if_no_face": "error"}, {"image": (4, 1), "emo_model": (1, 0)}),
         (7, "EmoGenerate", {"steps": steps, "cfg": cfg, "seed": 42, "motion_start": "reference", "keep_frames": keep},
          {"emo_model": (1, 0), "reference": (4, 0), "emo_audio": (5, 0), "audio": (3, 0), "face_mask": (6, 0),
           "regions": (6, 1)}),
     ]
+
+
+# The column of each node in the editor (left to right); nodes of a column are stacked in graph order.
+COLUMNS = {
+    "emo_basic_talking": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 2, 7: 3, 8: 4, 9: 4},
+    "emo_long_singing": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 2, 7: 3, 9: 4},
+    "emo_driving_video_speed": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 10: 1, 6: 2, 11: 2, 12: 3, 7: 4, 8: 5, 9: 5},
+    "emo_in_larger_graph": {1: 0, 2: 0, 3: 0, 13: 1, 14: 1, 15: 1, 4: 2, 5: 2, 6: 3, 7: 4, 8: 5, 9: 5},
+    "echomimic_accelerated": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 2, 7: 3, 8: 4, 9: 4},
+}
 
 
 def basic():
@@ -127,7 +145,8 @@ def echomimic_accelerated():
         (1, "EmoModelLoader", {"model": ECHOMIMIC_ACC_CHOICE, "dtype": "auto", "download": True}, {}),
         (2, "LoadImage", {"image": "portrait.png"}, {}),
         (3, "LoadAudio", {"audio": "speech.wav"}, {}),
-        (4, "EmoReferenceEncode", {"size": 512, "crop": "center", "identity": False}, {"emo_model": (1, 0), "image": (2, 0)}),
+        (4, "EmoReferenceEncode", {"size": 512, "crop": "face", "identity": False, "margin": 0.5, "if_no_face": "error"},
+         {"emo_model": (1, 0), "image": (2, 0)}),
         (5, "EmoAudioEncode", {"fps": 24.0}, {"emo_model": (1, 0), "audio": (3, 0)}),
         (6, "EmoFaceMask", {"expand": 1.2, "if_no_face": "error"}, {"image": (4, 1), "emo_model": (1, 0)}),
         (7, "EmoGenerate", {"steps": 6, "cfg": 1.0, "seed": 42, "motion_start": "reference", "keep_frames": "all"},
@@ -158,12 +177,39 @@ def to_api(graph) -> dict:
     return dict(sorted(api.items(), key=lambda kv: int(kv[0])))
 
 
-def to_ui(graph, title: str) -> dict:
+def node_size(type_, n_slots: int, n_widgets: int) -> list:
+    """Room for the title-less body: slots (22 each), widgets (28 each), or a preview."""
+    if type_ in PREVIEW_SIZE:
+        return list(PREVIEW_SIZE[type_])
+    return [NODE_WIDTH, 20 + 22 * n_slots + 28 * n_widgets]
+
+
+def layout(graph, columns: dict) -> dict:
+    """{node id: (pos, size)}: columns side by side (each as wide as its widest node), nodes of a
+    column stacked with their title bars, no two overlapping."""
+    sizes = {}
+    for nid, type_, widgets, links in graph:
+        wnames, outs, _in = node_info(type_)
+        widgets_shown = [w for w in wnames if w not in links and w != "__upload"]
+        slots = max(len(links) + (0 if type_ in CORE else len([1 for n in _in if n not in wnames and n not in links])),
+                    len(outs))
+        sizes[nid] = node_size(type_, slots, len(widgets_shown) + wnames.count("__upload"))
+    out, x = {}, MARGIN
+    for col in sorted(set(columns.values())):
+        members = [g[0] for g in graph if columns[g[0]] == col]
+        y = MARGIN + TITLE
+        for nid in members:
+            out[nid] = ([x, y], sizes[nid])
+            y += sizes[nid][1] + TITLE + GAP_Y
+        x += max(sizes[n][0] for n in members) + GAP_X
+    return out
+
+
+def to_ui(graph, title: str, columns: dict) -> dict:
     order = {nid: i for i, (nid, *_rest) in enumerate(_topo(graph))}
-    depth = {}
-    for nid, _t, _w, links in _topo(graph):
-        depth[nid] = 1 + max((depth[s] for s, _ in links.values()), default=-1)
-    rows: dict = {}
+    if set(columns) != {g[0] for g in graph}:
+        raise ValueError(f"columns {sorted(columns)} do not match the graph's nodes {sorted(g[0] for g in graph)}")
+    placed = layout(graph, columns)
     nodes, ui_links = [], []
     link_id = 0
     out_links: dict = {}
@@ -175,9 +221,6 @@ def to_ui(graph, title: str) -> dict:
     link_of = {(l[3], l[4]): l[0] for l in ui_links}
     for nid, type_, widgets, links in graph:
         wnames, outs, in_types = node_info(type_)
-        col = depth[nid]
-        row = rows.get(col, 0)
-        rows[col] = row + 1
         values = []
         for w in wnames:
             if w == "__control":
@@ -197,7 +240,7 @@ def to_ui(graph, title: str) -> dict:
         outputs = [{"name": n, "type": t, "links": out_links.get((nid, i)) or None, "slot_index": i}
                    for i, (n, t) in enumerate(outs)]
         nodes.append({
-            "id": nid, "type": type_, "pos": [40 + 380 * col, 40 + 300 * row], "size": [340, 120 + 26 * len(values)],
+            "id": nid, "type": type_, "pos": placed[nid][0], "size": placed[nid][1],
             "flags": {}, "order": order[nid], "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": type_},
             "widgets_values": values,
@@ -212,10 +255,13 @@ def to_ui(graph, title: str) -> dict:
         dst_node = next(n for n in nodes if n["id"] == dst)
         dst_slot = next(i for i, e in enumerate(dst_node["inputs"]) if e["name"] == name)
         links_out.append([lid, src, slot, dst, dst_slot, types[lid]])
+    right = max(n["pos"][0] + n["size"][0] for n in nodes) + MARGIN
+    bottom = max(n["pos"][1] + n["size"][1] for n in nodes) + MARGIN
+    scale = max(0.5, min(1.0, int(20 * min(1800 / right, 900 / bottom)) / 20))  # the whole graph on a 1080p screen
     return {
         "id": None, "revision": 0, "last_node_id": max(n["id"] for n in nodes), "last_link_id": link_id,
         "nodes": sorted(nodes, key=lambda n: n["order"]), "links": links_out, "groups": [], "config": {},
-        "extra": {"info": {"title": title}}, "version": 0.4,
+        "extra": {"info": {"title": title}, "ds": {"scale": scale, "offset": [0, 0]}}, "version": 0.4,
     }
 
 
@@ -240,7 +286,7 @@ def main() -> None:
     (HERE / "api").mkdir(exist_ok=True)
     for name, (make, title) in WORKFLOWS.items():
         graph = make()
-        (HERE / f"{name}.json").write_text(json.dumps(to_ui(graph, title), indent=1) + "\n")
+        (HERE / f"{name}.json").write_text(json.dumps(to_ui(graph, title, COLUMNS[name]), indent=1) + "\n")
         (HERE / "api" / f"{name}.json").write_text(json.dumps(to_api(graph), indent=1) + "\n")
         print("wrote", name)
 

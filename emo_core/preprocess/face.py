@@ -133,9 +133,12 @@ def as_rgb_uint8(image) -> np.ndarray:
 
 
 def default_models_dir() -> Path:
-    """Where face model files are looked up and downloaded outside ComfyUI:
-    ``$EMO_MODELS_DIR/emo/face_analysis`` (default ``~/.cache/emo_portrait/models/emo/face_analysis``),
-    the same ``emo/`` layout as ComfyUI's ``models/emo/face_analysis``."""
+    """Where face model files are looked up and downloaded: inside ComfyUI (its ``folder_paths``
+    module already loaded; never imported here) ComfyUI's ``models/emo/face_analysis``, else
+    ``$EMO_MODELS_DIR/emo/face_analysis`` (default ``~/.cache/emo_portrait/models/emo/face_analysis``)."""
+    comfy_folders = sys.modules.get("folder_paths")
+    if getattr(comfy_folders, "models_dir", None):
+        return Path(comfy_folders.models_dir).joinpath(*FACE_SUBFOLDER)
     root = Path(os.environ.get("EMO_MODELS_DIR") or Path.home() / ".cache" / "emo_portrait" / "models").expanduser()
     return root.joinpath(*FACE_SUBFOLDER)
 
@@ -154,7 +157,7 @@ def _bundled_detector_tflite(mp) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def _print_progress(name: str):
+def print_progress(name: str):
     """Default download progress: one line on stderr, rewritten in place every 5 %."""
     shown = [-5]
 
@@ -279,7 +282,7 @@ class FaceAnalyzer:
         if self.progress_callback is not None:
             cb = lambda done, total: self.progress_callback(name, done, total)  # noqa: E731
         else:
-            cb = _print_progress(name)
+            cb = print_progress(name)
         log.info("downloading %s from %s to %s", name, url, dest)
         return hub.ensure_file(url, dest, info.sha256, cb, timeout=120.0)
 
