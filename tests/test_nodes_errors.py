@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from face_models import face_mirror, face_model_files  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +19,9 @@ class Interrupted(BaseException):
 
 
 @pytest.fixture()
-def comfy(tmp_path, monkeypatch):
-    """Fake comfy.utils / comfy.model_management / comfy.model_patcher / folder_paths."""
+def comfy(tmp_path, monkeypatch, face_mirror):
+    """Fake comfy.utils / comfy.model_management / comfy.model_patcher / folder_paths; the face
+    model files come from a loopback mirror (downloaded on first use, as for a new user)."""
     state = {"bars": [], "interrupt_after": None, "checks": 0, "emptied": 0, "loaded": 0, "folders": {}}
 
     class ProgressBar:
