@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=None,
                    help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")
     p.add_argument("--motion-start", choices=("reference", "zeros"), default="reference")
+    p.add_argument("--reference-rule", choices=("hallo", "clean"), default=None,
+                   help="how portrait and motion-frame features meet the two guidance halves: 'hallo' reproduces "
+                        "Hallo's own pipeline exactly (default for Hallo weights), 'clean' is the intended design "
+                        "(default for EMO and EchoMimic weights); see the README")
     p.add_argument("--expand", type=float, default=1.2, help="face box growth for the face-locator mask (> 0)")
     p.add_argument("--no-face", choices=("error", "full_frame"), default="error",
                    help="without a credible face: stop with the reason (error), or use the photo's centre square "
@@ -225,10 +229,8 @@ def is_echomimic(weights: Path) -> bool:
 
 def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool, device, dtype):
     """(pipeline, whisper encoder, accelerated) for an EchoMimic folder; missing files explained."""
-    from .echomimic import _find, ensure_echomimic, find_files, has_accelerated, load_echomimic, load_whisper, whisper_file
+    from .echomimic import _find, ensure_echomimic, find_files, has_accelerated, load_whisper, whisper_file
     from .pipeline import EmoPipeline
-    from .sampling.ddim import Schedule
-    from .vae import load_vae
 
     if not accelerated:  # the plain model when both are there, as find_files
         accelerated = has_accelerated(weights) and _find(weights, "denoising_unet") is None
@@ -239,13 +241,7 @@ def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool,
         complete = False
     if not complete:
         ensure_echomimic(weights, accelerated=accelerated, download=download)
-    vae_dir = next((weights / d for d in ("sd-vae-ft-mse", "vae") if (weights / d / "config.json").is_file()), None)
-    if vae_dir is None:
-        raise FileNotFoundError(f"no VAE in {weights}: put SD's sd-vae-ft-mse folder there (config.json + weights, "
-                                "e.g. from huggingface.co/stabilityai/sd-vae-ft-mse)")
-    net = load_echomimic(weights, accelerated=accelerated, device=device, dtype=dtype)
-    pipe = EmoPipeline(net, load_vae(vae_dir, device=device), Schedule.for_prediction(net.cfg.prediction_type),
-                       device=device, dtype=dtype)
+    pipe = EmoPipeline.from_folder(weights, device=device, dtype=dtype, accelerated=accelerated)
     return pipe, load_whisper(weights, device=device), accelerated
 
 
@@ -322,6 +318,7 @@ def generate(args) -> int:
     """The generation itself; ``main`` has validated ``args``."""
     import torch
 
+    from . import families
     from .checkpoints import CheckpointError
     from .hub import ModelFileMissing, ensure_hallo
     from .pipeline import EmoPipeline
@@ -374,11 +371,13 @@ def generate(args) -> int:
         except (ModelFileMissing, FileNotFoundError, CheckpointError, ValueError) as exc:
             raise SystemExit(f"error: {exc}")
         size = args.size
-    echomimic = pipe.cfg.family == "echomimic"
+    defaults = families.family_of(pipe.cfg)  # the family's sampling defaults
     if args.steps is None:
-        args.steps = 4 if args.tiny else (6 if accelerated else 30) if echomimic else 40
+        args.steps = 4 if args.tiny else defaults.accelerated_steps if accelerated else defaults.steps
     if args.cfg is None:
-        args.cfg = (1.0 if accelerated else 2.5) if echomimic else 3.5
+        args.cfg = defaults.accelerated_guidance if accelerated else defaults.guidance
+    if args.reference_rule is not None:
+        pipe.rule = families.reference_rule(pipe.cfg, args.reference_rule)
     multiple = pipe.cfg.size_multiple
     if size % multiple:
         raise SystemExit(f"error: --size {size} is not a multiple of {multiple}")
@@ -427,17 +426,13 @@ def load_pipeline(folder: Path, model_file: Path | None, *, device, dtype):
     which it read (one line)."""
     from .checkpoints import detect_format
     from .pipeline import EmoPipeline
-    from .vae import load_vae
 
     if model_file is None:
         print(f"weights: {detect_format(folder)} model folder {folder}", file=sys.stderr)
-        return EmoPipeline.from_folder(folder, device=device, dtype=dtype)
-    vae_dir = next((folder / d for d in ("sd-vae-ft-mse", "vae") if (folder / d).is_dir()), None)
-    if vae_dir is None:
-        raise FileNotFoundError(f"no VAE beside {model_file}: put the sd-vae-ft-mse folder in {folder}")
-    print(f"weights: {detect_format(model_file)} checkpoint file {model_file} (VAE, audio and face models from "
-          f"{folder})", file=sys.stderr)
-    return EmoPipeline.from_folder(model_file, device=device, dtype=dtype, vae=load_vae(vae_dir, device=device))
+    else:
+        print(f"weights: {detect_format(model_file)} checkpoint file {model_file} (VAE, audio and face models from "
+              f"{folder})", file=sys.stderr)
+    return EmoPipeline.from_folder(folder if model_file is None else model_file, device=device, dtype=dtype)
 
 
 def main(args) -> int:

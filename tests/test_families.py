@@ -140,3 +140,32 @@ def test_x0_model_is_sampled_alike_by_the_loader_node_and_the_cli(comfy, tmp_pat
     clips = [torch.cat(list(p.generate(p.encode_reference(image), windows, steps=2, guidance=2.0, seed=1)))
              for p in (node, cli)]
     assert torch.equal(clips[0], clips[1])
+
+
+def test_cli_reference_rule_is_selectable(tmp_path, monkeypatch):
+    """Hallo-layout weights default to Hallo's rule; --reference-rule clean gives another video
+    from the same seed, and an unknown rule is refused before any model work."""
+    import soundfile as sf
+
+    from emo_core.__main__ import main
+    from emo_core.video_out import Mp4Writer
+
+    repo = Path(__file__).resolve().parents[1]
+    audio = tmp_path / "a.wav"
+    data, sr = sf.read(str(repo / "samples" / "speech.wav"), dtype="float32")
+    sf.write(str(audio), data[: int(0.3 * sr)], sr)  # two clips of the tiny model
+    written = []
+    write = Mp4Writer.write
+    monkeypatch.setattr(Mp4Writer, "write", lambda self, frames: (written.append(frames), write(self, frames))[1])
+    videos = {}
+    for rule in (None, "hallo", "clean"):
+        written.clear()
+        extra = [] if rule is None else ["--reference-rule", rule]
+        assert main(["generate", "--tiny", "--steps", "2", "--image", str(repo / "samples" / "portrait.png"),
+                     "--audio", str(audio), "-o", str(tmp_path / f"{rule}.mp4"), "--no-paste-back", *extra]) == 0
+        videos[rule] = torch.cat(written)
+    assert torch.equal(videos[None], videos["hallo"])
+    assert not torch.equal(videos["clean"], videos["hallo"])
+    with pytest.raises(SystemExit):
+        main(["generate", "--tiny", "--image", "x.png", "--audio", "x.wav", "-o", str(tmp_path / "x.mp4"),
+              "--reference-rule", "other"])
