@@ -149,6 +149,8 @@ def validate_args(args) -> None:
             checks.size(args.size, model_size_multiple(args), "--size")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.device:
+        check_device(args.device)
     image = Path(args.image).expanduser()
     if not image.is_file():
         raise UsageError(f"--image: expected an image file (png/jpg), got {args.image} "
@@ -170,6 +172,27 @@ def validate_args(args) -> None:
         raise UsageError(f"-o/--output: {exc}") from None
     if out.suffix.lower() != ".mp4":
         raise UsageError(f"-o/--output: expected an .mp4 file name, got {args.output}")
+
+
+def check_device(name: str) -> None:
+    """``--device``: a device torch knows and this machine has (UsageError otherwise)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: expected cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device: expected a device this machine has, got {name!r} (torch sees no CUDA GPU; "
+                             "use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device: expected cuda:0 to cuda:{count - 1}, got {name!r}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device: expected a device this machine has, got {name!r} (MPS is not available)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device: expected cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 class Terminated(KeyboardInterrupt):

@@ -201,6 +201,16 @@ def test_bad_option_is_refused_before_any_model_work(tmp_path, capsys, no_model_
     assert err.startswith(expected), err
 
 
+def test_bad_device_is_refused_before_any_model_work(tmp_path, capsys, no_model_work):
+    import torch
+
+    err = _refused(tmp_path, capsys, "--device", "gpu0")
+    assert err.startswith("error: --device: expected cpu, cuda, cuda:N or mps, got 'gpu0'")
+    if not torch.cuda.is_available():
+        err = _refused(tmp_path, capsys, "--device", "cuda")
+        assert err.startswith("error: --device: expected a device this machine has, got 'cuda' (torch sees no CUDA GPU")
+
+
 def test_missing_image_or_audio_is_refused_before_any_model_work(tmp_path, capsys, no_model_work):
     assert run("--image", tmp_path / "nope.png", "--audio", SPEECH, "-o", tmp_path / "o.mp4", "--tiny") == 2
     assert capsys.readouterr().err.startswith(f"error: --image: expected an image file (png/jpg), got "
