@@ -12,8 +12,6 @@ from typing import Callable, Iterator
 
 import torch
 
-from .windows import take_padded  # noqa: F401  (re-exported: the clip rows of a per-frame input)
-
 
 def plan_clips(num_frames: int, clip_frames: int) -> list[range]:
     """Frame ranges of the clips; the last one may run past ``num_frames`` (padding)."""

@@ -188,23 +188,6 @@ def ensure_known(name: str, models_dir, progress_callback: Optional[ProgressCall
     return ensure_file(info.url, dest, info.sha256, progress_callback, archive_member=info.archive_member)
 
 
-def hf_file(repo_id: str, filename: str, dest_dir, revision: Optional[str] = None) -> Path:
-    """Fetch one file of a Hugging Face repository into ``dest_dir`` (huggingface_hub imported lazily)."""
-    dest = Path(dest_dir).expanduser() / filename
-    if dest.is_file():
-        return dest
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:
-        raise ModelFileMissing(_missing_message(
-            dest, f"https://huggingface.co/{repo_id}/blob/{revision or 'main'}/{filename}", "huggingface_hub is not installed")) from exc
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_dir=str(dest_dir)))
-    except Exception as exc:
-        raise ModelFileMissing(_missing_message(
-            dest, f"https://huggingface.co/{repo_id}/blob/{revision or 'main'}/{filename}", f"{type(exc).__name__}: {exc}")) from exc
-
-
 # ---------------------------------------------------------------------------------------------
 # Hallo's published weights (HF fudan-generative-ai/hallo, folder layout of its pretrained_models/)
 HALLO_REPO = "fudan-generative-ai/hallo"

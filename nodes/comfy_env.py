@@ -22,10 +22,6 @@ def _try(module: str):
         return None
 
 
-def comfy_available() -> bool:
-    return _try("comfy.model_management") is not None
-
-
 # ---------------------------------------------------------------- progress / interrupt
 class _NoBar:
     def __init__(self, total):

@@ -35,7 +35,8 @@ class EmoSampleClip:
                speed=None, motion_frames=None):
         import torch
 
-        from emo_core.chaining import plan_clips, take_padded
+        from emo_core.chaining import plan_clips
+        from emo_core.windows import take_padded
 
         from emo_core import checks
 

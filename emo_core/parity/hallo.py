@@ -24,7 +24,6 @@ from ..config import EmoConfig
 from ..families import RULES
 from ..models.emo import EmoNet
 from ..pipeline import EmoPipeline
-from ..sampling.ddim import Schedule
 from ..vae import DiffusersVae
 from .golden import Golden, compare
 

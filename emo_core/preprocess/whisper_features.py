@@ -15,7 +15,6 @@ The windows are [frames, 10, 1 + layers, width]; ``EmoNet.audio_tokens`` flatten
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,22 +95,6 @@ def whisper_windows(states: torch.Tensor, fps: float, num_frames: int | None = N
     if num_frames is None:
         num_frames = max(1, -(-states.shape[0] * int(round(fps * 1000)) // (FEATURE_RATE * 1000)))
     return states[window_indices(num_frames, states.shape[0], fps, context).to(states.device)]
-
-
-class WhisperFeatureExtractor:
-    """Audio -> per-frame whisper windows for a model at ``fps``: ``extractor(wave16k, fps)``."""
-
-    def __init__(self, encoder, context: int = 2):
-        self.encoder, self.context = encoder, context
-
-    @classmethod
-    def from_file(cls, path: str | Path, device="cpu", dtype=torch.float32, context: int = 2):
-        from ..models.whisper import load_whisper_encoder
-
-        return cls(load_whisper_encoder(path, device, dtype), context)
-
-    def __call__(self, wave16k, fps: float, num_frames: int | None = None) -> torch.Tensor:
-        return whisper_windows(whisper_states(self.encoder, wave16k), fps, num_frames, self.context)
 
 
 def video_frames(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
