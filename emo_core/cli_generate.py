@@ -109,6 +109,7 @@ def model_size_multiple(args) -> int:
     the tiny preset's, an EMO folder's config.json, else SD1.5's 64 (Hallo, EchoMimic)."""
     import json
 
+    from .checkpoints import FORMAT_NAME
     from .config import EmoConfig
 
     if args.tiny or args.tiny_family is not None:
@@ -118,7 +119,7 @@ def model_size_multiple(args) -> int:
     config = weights if weights.is_dir() else weights.parent
     try:
         meta = json.loads((config / "config.json").read_text())
-        if meta.get("format") == "emo-portrait":
+        if meta.get("format") == FORMAT_NAME:
             return EmoConfig.from_dict(meta["config"]).size_multiple
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not our folder (or a broken config, reported by the loader)

@@ -117,7 +117,7 @@ class EchoMimicRunner:
 
         vae = AutoencoderKL.from_config(json.loads((self.folder / "vae_config.json").read_text()))
         vae.load_state_dict(load_file(str(self.folder / "vae.safetensors")), strict=True)
-        if float(vae.config.scaling_factor) != LATENT_SCALE:
+        if float(vae.config.scaling_factor) != LATENT_SCALE:  # DiffusersVae scales by the config's factor
             raise ValueError(f"the golden VAE's scaling factor is {vae.config.scaling_factor}; EchoMimic uses {LATENT_SCALE}")
         # EchoMimic decodes one frame at a time
         pipe = EmoPipeline(self.net, DiffusersVae(vae.to(self.dtype).eval().requires_grad_(False), decode_chunk=1),

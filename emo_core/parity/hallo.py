@@ -22,12 +22,12 @@ from safetensors.torch import load_file
 from ..conditioning import clip_conditioning, denoiser, encode_portrait
 from ..config import EmoConfig
 from ..families import RULES
+from ..models.audio import REGIONS
 from ..models.emo import EmoNet
 from ..pipeline import EmoPipeline
 from ..vae import DiffusersVae
 from .golden import Golden, compare
 
-REGIONS = ("full", "face", "lip")
 # float32 on this set is chaotic past the first DDIM step (8x8 latents: GroupNorm over two values at
 # the 1x1 bottleneck, float16 reference hand-over): Hallo's own float32 run moves by up to 0.5 with the
 # thread count (golden README). These are printed, not asserted; float64 asserts them all.

@@ -24,11 +24,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..checkpoints import CheckpointError, init_from_sd15, init_motion_modules, load_sd15_unet, load_state_dict
+from ..checkpoints import WEIGHTS_FILE, CheckpointError, init_from_sd15, init_motion_modules, load_sd15_unet, load_state_dict
 from ..config import EmoConfig
 
 CHECKPOINT_FORMAT = "emo-checkpoint-1"
-WEIGHTS_FILE = "emo.safetensors"  # as emo_core.checkpoints
 SPEED_KEYS = r"(\.speed_(attention|norm)\.|^speed_encoder\.)"
 
 

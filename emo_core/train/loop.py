@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import FORMAT_NAME, WEIGHTS_FILE
 from ..conditioning import build_conditioning
 from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
@@ -36,7 +37,7 @@ from ..models.emo import EmoNet
 from ..sampling.ddim import Schedule, sample_ddim, training_target
 from ..sampling.guidance import guided, unconditional
 from . import data as D
-from .init import CHECKPOINT_FORMAT, WEIGHTS_FILE, InitError, initialise, read_checkpoint
+from .init import CHECKPOINT_FORMAT, InitError, initialise, read_checkpoint
 from .latents import build_codec
 from .stages import apply_stage, summary
 
@@ -283,7 +284,7 @@ def save_checkpoint(folder: Path, net_state: dict, ec: EmoConfig, stage: int, st
     meta = {"format": CHECKPOINT_FORMAT, "stage": str(stage), "step": str(step), "config": json.dumps(ec.to_dict())}
     save_file({k: v.detach().cpu().contiguous() for k, v in net_state.items()}, str(tmp / WEIGHTS_FILE),
               metadata=meta)
-    (tmp / "config.json").write_text(json.dumps({"format": "emo-portrait", "config": ec.to_dict()}, indent=2))
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT_NAME, "config": ec.to_dict()}, indent=2))
     if optimizer_state is not None:
         tensors, ometa = _flatten_optimizer(optimizer_state, param_names)
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"state": json.dumps(ometa)})
