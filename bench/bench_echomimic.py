@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from emo_core.config import EmoConfig, TemporalConfig, UNetConfig
-from emo_core.echomimic import sample_video
+from emo_core.families.echomimic import sample_video
 from emo_core.models.backbone import Conditioning
 from emo_core.models.emo import EmoNet
 from emo_core.sampling.ddim import Schedule, sample_ddim

@@ -243,7 +243,7 @@ def load_model(path: str | Path, device="cpu", dtype=torch.float32, config: EmoC
         if path.is_dir():
             weights = next(p for p in (path / n for n in ("net.pth", "net.safetensors", "hallo/net.pth",
                                                           "hallo/net.safetensors")) if p.is_file())
-    else:  # four files with their own layout: emo_core.echomimic (families.load_net picks it)
+    else:  # four files with their own layout: emo_core.families.echomimic (families.load_net picks it)
         raise CheckpointError(f"{path} holds EchoMimic's files: load them with emo_core.families.load_net")
     check_checkpoint(weights, cfg, fmt)  # from the header: a foreign file is refused before the build
     net = EmoNet(cfg)

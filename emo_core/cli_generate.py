@@ -245,7 +245,7 @@ def default_weights() -> Path:
 
 def is_echomimic(weights: Path) -> bool:
     """An EchoMimic folder: its denoising_unet[_acc] files, or (to download into) a folder named echomimic*."""
-    from .echomimic import is_echomimic_folder
+    from .families.echomimic import is_echomimic_folder
 
     return is_echomimic_folder(weights) or (weights.name.lower().startswith("echomimic")
                                             and not (weights / "config.json").is_file())
@@ -253,7 +253,7 @@ def is_echomimic(weights: Path) -> bool:
 
 def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool, device, dtype):
     """(pipeline, whisper encoder, accelerated) for an EchoMimic folder; missing files explained."""
-    from .echomimic import _find, ensure_echomimic, find_files, has_accelerated, load_whisper, whisper_file
+    from .families.echomimic import _find, ensure_echomimic, find_files, has_accelerated, load_whisper, whisper_file
     from .pipeline import EmoPipeline
 
     if not accelerated:  # the plain model when both are there, as find_files

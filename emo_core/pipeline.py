@@ -207,7 +207,7 @@ class EmoPipeline:
     def _generate_context_windows(self, ref, windows, face_mask, steps, guidance, generator, callback):
         """EchoMimic's strategy: the whole video is one latent sequence sampled with
         overlapping context windows (latents stay on the CPU), then decoded clip by clip."""
-        from .echomimic import sample_video
+        from .families.echomimic import sample_video
 
         mask = None
         if face_mask is not None:

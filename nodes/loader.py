@@ -26,7 +26,7 @@ ACCELERATED_SUFFIX = " (accelerated)"
 def _local_choices() -> list[str]:
     """Model folders and files in every registered models/emo folder. An EchoMimic folder is
     one entry ("name/"; "name/ (accelerated)" for its _acc weights), not its part files."""
-    from emo_core.echomimic import _find, has_accelerated, is_echomimic_folder
+    from emo_core.families.echomimic import _find, has_accelerated, is_echomimic_folder
 
     from .comfy_env import emo_folders
 
@@ -148,7 +148,7 @@ class EmoModelLoader:
             pipe = EmoPipeline.from_folder(folder, device=offload_device(), dtype=torch_dtype, vae=comfy_vae)
             return (EmoModel(pipe, "hallo", "hallo", folder=folder),)
         if model in ECHOMIMIC_DOWNLOADS:
-            from emo_core.echomimic import ensure_echomimic
+            from emo_core.families.echomimic import ensure_echomimic
 
             accelerated = ECHOMIMIC_DOWNLOADS[model]
             folder = emo_folders()[0] / ECHOMIMIC_SUBDIR

@@ -113,7 +113,7 @@ class EmoModel:
 
             self._wav2vec = Patched(tiny_audio_model(self.cfg))
         if self._wav2vec is None and self.cfg.audio.encoder == "whisper":
-            from emo_core.echomimic import load_whisper
+            from emo_core.families.echomimic import load_whisper
 
             a = self.cfg.audio
             model = load_whisper(self.folder if self.folder is not None else Path("."))

@@ -119,7 +119,7 @@ def test_echomimic_folder_is_detected_and_accelerated_defaults(tmp_path, monkeyp
     import torch
     from test_echomimic import _write_echomimic_folder
 
-    from emo_core import echomimic
+    from emo_core.families import echomimic
     from emo_core.config import EmoConfig
     from emo_core.models.emo import EmoNet
     from emo_core.preprocess.whisper_features import tiny_whisper

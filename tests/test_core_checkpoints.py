@@ -260,7 +260,7 @@ def test_echomimic_files_are_checked_before_the_build(tmp_path, monkeypatch):
     """A foreign reference_unet.pth in an EchoMimic folder: refused from the headers, naming the file."""
     from test_echomimic import _write_echomimic_folder
 
-    from emo_core.echomimic import load_echomimic
+    from emo_core.families.echomimic import load_echomimic
 
     cfg = EmoConfig.tiny(family="echomimic")
     _write_echomimic_folder(EmoNet(cfg), tmp_path)

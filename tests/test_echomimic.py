@@ -9,7 +9,7 @@ import torch
 from emo_core.checkpoints import CheckpointError
 from emo_core.config import ConfigError, EmoConfig
 from emo_core.context_windows import average_over_windows, shifted, uniform_windows, windowed_model
-from emo_core.echomimic import config_from_folder, find_files, load_echomimic, sample_video
+from emo_core.families.echomimic import config_from_folder, find_files, load_echomimic, sample_video
 from emo_core.models.emo import EmoNet
 from emo_core.sampling.ddim import Schedule
 
@@ -168,7 +168,7 @@ def test_sample_video_long_sequence_accelerated_settings():
 
 
 def test_download_helper_names_every_file(tmp_path):
-    from emo_core.echomimic import ensure_echomimic, repo_files
+    from emo_core.families.echomimic import ensure_echomimic, repo_files
     from emo_core.hub import ModelFileMissing
 
     names = [p for p, _, _ in repo_files(accelerated=True)]

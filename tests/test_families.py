@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from face_models import face_mirror, face_model_files  # noqa: F401  (fixtures the ComfyUI stub uses)
 from test_nodes_errors import comfy  # noqa: F401  (the ComfyUI stub fixture)
 
 from emo_core import families
@@ -76,7 +77,7 @@ def test_parity_runs_the_runtime(hallo_golden, shared_dir, monkeypatch):
     assert "d.noise_pred" in failed and "e.final_latents" in failed
     monkeypatch.undo()
 
-    import emo_core.echomimic as echomimic
+    import emo_core.families.echomimic as echomimic
 
     sample_video = echomimic.sample_video
     monkeypatch.setattr(echomimic, "sample_video", lambda *a, **k: sample_video(*a, **k) + 1e-2)

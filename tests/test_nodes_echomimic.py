@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from face_models import face_mirror, face_model_files  # noqa: F401  (fixtures)
 from test_nodes_errors import comfy, portrait, speech  # noqa: F401  (fixtures)
 
 
@@ -115,7 +116,7 @@ def _write_folder(folder: Path, accelerated: bool):
 def test_local_echomimic_folder_is_one_choice_and_loads(comfy, monkeypatch):
     import dataclasses
 
-    from emo_core import echomimic
+    from emo_core.families import echomimic
     from emo_core.config import EmoConfig
     from emo_core.hub import ModelFileMissing
     from emo_core.preprocess.whisper_features import tiny_whisper

@@ -82,7 +82,7 @@ def load_net(path: str | Path, *, device="cpu", dtype=None, accelerated: bool | 
     fmt = detect_format(path)
     folder = path if path.is_dir() else path.parent
     if fmt == "echomimic":
-        from ..echomimic import load_echomimic
+        from .echomimic import load_echomimic
 
         return load_echomimic(folder, accelerated=accelerated, config=config, device=device, dtype=dtype), folder
     if config is None and fmt == "hallo" and (folder / "unet_config.json").is_file():

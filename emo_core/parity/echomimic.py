@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
-from ..echomimic import config_from_folder
+from ..families.echomimic import config_from_folder
 from ..families import load_net
 from ..models.backbone import Conditioning
 from ..pipeline import EmoPipeline

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, check_parts, load_state_dict, load_strict, read_header
-from .config import AudioConfig, ConfigError, EmoConfig, TemporalConfig, UNetConfig
+from ..checkpoints import CheckpointError, check_parts, load_state_dict, load_strict, read_header
+from ..config import AudioConfig, ConfigError, EmoConfig, TemporalConfig, UNetConfig
 
 HF_REPO = "BadToBest/EchoMimic"
 WHISPER_FILE = "audio_processor/whisper_tiny.pt"
@@ -128,7 +128,7 @@ def denoising_state_dict(files: EchoMimicFiles) -> dict[str, torch.Tensor]:
 def load_echomimic(folder: str | Path, *, accelerated: bool | None = None, config: EmoConfig | None = None,
                    device="cpu", dtype=torch.float32):
     """Builds the EchoMimic-family ``EmoNet`` and loads the four files strictly."""
-    from .models.emo import EmoNet
+    from ..models.emo import EmoNet
 
     folder = Path(folder)
     files = find_files(folder, accelerated)
@@ -172,8 +172,8 @@ def whisper_file(folder: str | Path) -> Path | None:
 
 def load_whisper(folder: str | Path, device="cpu", dtype=torch.float32):
     """The whisper-tiny encoder for an EchoMimic folder; ``ModelFileMissing`` saying where it goes."""
-    from .hub import ModelFileMissing
-    from .models.whisper import load_whisper_encoder
+    from ..hub import ModelFileMissing
+    from ..models.whisper import load_whisper_encoder
 
     path = whisper_file(folder)
     if path is None:
@@ -207,7 +207,7 @@ def ensure_echomimic(folder: str | Path, *, accelerated: bool = True, download: 
     downloading the missing ones one at a time and atomically (``hub.ensure_file``). Offline or
     with ``download=False``: ``ModelFileMissing`` saying which file goes where.
     ``progress_callback(path, bytes_done, total_or_None)``."""
-    from .hub import ModelFileMissing, ensure_file
+    from ..hub import ModelFileMissing, ensure_file
 
     folder = Path(folder).expanduser()
     for path, _, min_bytes in repo_files(accelerated):
@@ -246,10 +246,10 @@ def sample_video(net, ref_latent: torch.Tensor, audio_windows: torch.Tensor, sch
     """
     from dataclasses import replace
 
-    from .context_windows import windowed_model
-    from .models.backbone import Conditioning
-    from .sampling.ddim import sample_ddim
-    from .sampling.guidance import batch_conditions, guided_batched, unconditional
+    from ..context_windows import windowed_model
+    from ..models.backbone import Conditioning
+    from ..sampling.ddim import sample_ddim
+    from ..sampling.guidance import batch_conditions, guided_batched, unconditional
 
     cfg = net.cfg
     if cfg.chaining != "context_windows":
