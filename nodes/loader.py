@@ -122,12 +122,28 @@ class EmoModelLoader:
                                                 "Face on first use; off: fail with the list of files to put in place"}),
             },
             "optional": {
+                "reference_rule": (["auto", "hallo", "clean"], {
+                    "default": "auto",
+                    "tooltip": "how the portrait's and motion frames' features meet the two guidance halves. auto: "
+                               "the model family's own (Hallo weights: 'hallo', reproducing Hallo's own pipeline "
+                               "exactly; EMO and EchoMimic: 'clean', the intended design)"}),
                 "vae": ("VAE", {"tooltip": "an SD1.5 VAE (e.g. vae-ft-mse-840000); without it the model "
                                            "folder's sd-vae-ft-mse is used"}),
             },
         }
 
-    def load(self, model, dtype="auto", download=True, vae=None):
+    def load(self, model, dtype="auto", download=True, vae=None, reference_rule="auto"):
+        from emo_core import families
+
+        if reference_rule not in ("auto", "hallo", "clean"):
+            from .common import EmoNodeError
+
+            raise EmoNodeError(f"reference_rule: expected auto, hallo or clean, got {reference_rule!r}")
+        (emo_model,) = self._load(model, dtype, download, vae)
+        emo_model.pipe.rule = families.reference_rule(emo_model.cfg, None if reference_rule == "auto" else reference_rule)
+        return (emo_model,)
+
+    def _load(self, model, dtype, download, vae):
         from emo_core.pipeline import EmoPipeline
 
         from .comfy_env import emo_folders, load_device, offload_device, pick_dtype

@@ -170,3 +170,14 @@ def test_cli_reference_rule_is_selectable(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["generate", "--tiny", "--image", "x.png", "--audio", "x.wav", "-o", str(tmp_path / "x.mp4"),
               "--reference-rule", "other"])
+
+
+def test_loader_node_offers_the_reference_rule(comfy):  # noqa: F811
+    from nodes.loader import TINY_CHOICE, TINY_EMO_CHOICE, EmoModelLoader
+
+    from emo_core.families.hallo import HalloReference
+
+    assert EmoModelLoader.INPUT_TYPES()["optional"]["reference_rule"][0] == ["auto", "hallo", "clean"]
+    assert isinstance(EmoModelLoader().load(TINY_CHOICE)[0].pipe.rule, HalloReference)  # Hallo layout: Hallo's
+    assert EmoModelLoader().load(TINY_CHOICE, reference_rule="clean")[0].pipe.rule is families.RULES["clean"]
+    assert EmoModelLoader().load(TINY_EMO_CHOICE)[0].pipe.rule is families.RULES["clean"]
