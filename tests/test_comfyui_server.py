@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMFY = os.environ.get("EMO_COMFYUI_DIR")
 PYTHON = os.environ.get("EMO_COMFYUI_PYTHON", sys.executable)
 OUR_NODES = ("EmoModelLoader", "EmoAudioEncode", "EmoReferenceEncode", "EmoFaceMask", "EmoSpeed", "EmoSampleClip",
-             "EmoDecodeClip", "EmoGenerate", "EmoEvaluate")
+             "EmoDecodeClip", "EmoGenerate", "EmoPasteBack", "EmoEvaluate")
 
 pytestmark = pytest.mark.skipif(
     not COMFY or not (Path(COMFY) / "main.py").is_file(),
@@ -126,6 +126,10 @@ def test_our_nodes_are_listed(server):
     for name in OUR_NODES:
         assert name in info, f"{name} missing from /object_info"
         assert info[name]["category"] == "EMO"
+        for section, inputs in info[name]["input"].items():
+            if section in ("required", "optional"):
+                for inp, spec in inputs.items():
+                    assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} shows no tooltip"
     assert "EMO_MODEL" in info["EmoGenerate"]["input"]["required"]["emo_model"][0]
     assert info["EmoGenerate"]["output"] == ["IMAGE", "AUDIO", "VIDEO", "FLOAT"]
 

@@ -60,7 +60,13 @@ def test_solutions_backend_forced(astronaut):
     assert fa.backend == "solutions" and f.landmarks.shape == (478, 3)
 
 
-def test_first_use_download_goes_to_models_dir_with_progress(face_mirror, tmp_path, astronaut):
+@pytest.fixture()
+def no_default_files(tmp_path, monkeypatch):
+    """An empty default models folder (./install.sh fills the real one)."""
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path / "default_models"))
+
+
+def test_first_use_download_goes_to_models_dir_with_progress(face_mirror, no_default_files, tmp_path, astronaut):
     """The real download code against a loopback mirror: one file (the landmarker bundle, whose
     detector member is used), sha256-checked, renamed into place, progress reported."""
     seen = []
@@ -79,7 +85,7 @@ def test_first_use_download_goes_to_models_dir_with_progress(face_mirror, tmp_pa
     assert len(face_mirror.requests) == 1
 
 
-def test_detector_only_fetches_only_the_detector(face_mirror, tmp_path, astronaut):
+def test_detector_only_fetches_only_the_detector(face_mirror, no_default_files, tmp_path, astronaut):
     models = tmp_path / "m"
     with FaceAnalyzer(backend="tasks", models_dir=models, landmarks=False) as fa:
         f = fa.analyze(astronaut)
@@ -89,7 +95,7 @@ def test_detector_only_fetches_only_the_detector(face_mirror, tmp_path, astronau
     assert pts[0, 0] < pts[1, 0] and pts[0, 1] < pts[3, 1]
 
 
-def test_search_dirs_are_read_and_never_written(face_mirror, face_model_files, tmp_path, astronaut):
+def test_search_dirs_are_read_and_never_written(face_mirror, face_model_files, no_default_files, tmp_path, astronaut):
     """Hallo's download layout already holds the landmarker under its own name."""
     hallo = tmp_path / "hallo" / "face_analysis" / "models"
     hallo.mkdir(parents=True)
@@ -101,7 +107,7 @@ def test_search_dirs_are_read_and_never_written(face_mirror, face_model_files, t
     assert face_mirror.requests == [] and not models.exists()
 
 
-def test_offline_error_names_file_destination_and_url(tmp_path, monkeypatch, astronaut):
+def test_offline_error_names_file_destination_and_url(no_default_files, tmp_path, monkeypatch, astronaut):
     import socket
 
     with socket.socket() as s:
@@ -120,9 +126,15 @@ def test_offline_error_names_file_destination_and_url(tmp_path, monkeypatch, ast
     assert "storage.googleapis.com" in str(err.value) and str(models / LANDMARKER) in str(err.value)
 
 
-def test_default_models_dir_is_the_documented_one(monkeypatch, tmp_path):
+def test_default_models_dir_is_the_documented_one(monkeypatch, tmp_path, face_model_files, astronaut):
     monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path))
     assert default_models_dir() == tmp_path / "emo" / "face_analysis"
+    # files there serve any other models_dir too (read only)
+    default_models_dir().mkdir(parents=True)
+    (default_models_dir() / LANDMARKER).write_bytes((face_model_files / LANDMARKER).read_bytes())
+    with FaceAnalyzer(models_dir=tmp_path / "elsewhere", download=False) as fa:
+        assert fa.backend == "tasks" and fa.analyze(astronaut).landmarks is not None
+    assert not (tmp_path / "elsewhere").exists()
     monkeypatch.delenv("EMO_MODELS_DIR")
     assert default_models_dir() == Path.home() / ".cache" / "emo_portrait" / "models" / "emo" / "face_analysis"
 
@@ -256,3 +268,11 @@ def test_embedder_without_model_warns_and_gives_zeros(tmp_path, astronaut, astro
         e = emb.embed(astronaut, astro_face)
     assert e.shape == (512,) and not e.any()
     assert not FaceEmbedder(None).available
+
+
+def test_inside_comfyui_the_default_is_its_models_folder(monkeypatch, tmp_path):
+    import sys
+    from types import SimpleNamespace
+
+    monkeypatch.setitem(sys.modules, "folder_paths", SimpleNamespace(models_dir=str(tmp_path / "ComfyUI" / "models")))
+    assert default_models_dir() == tmp_path / "ComfyUI" / "models" / "emo" / "face_analysis"

@@ -213,8 +213,9 @@ class FaceAnalyzer:
     """Largest-face detection with landmarks; see the module docstring for the backends.
 
     ``models_dir``: where the Tasks model files are looked up and downloaded (default
-    :func:`default_models_dir`); ``search_dirs``: further folders looked in first, never
-    written (e.g. Hallo's ``face_analysis/models``). ``landmarks=False`` skips the landmark
+    :func:`default_models_dir`, which is also looked in when another ``models_dir`` is given);
+    ``search_dirs``: further folders looked in first, never written (e.g. Hallo's
+    ``face_analysis/models``). ``landmarks=False`` skips the landmark
     model (boxes and keypoints only). ``download=False`` never fetches model files (a missing
     one raises :class:`emo_core.hub.ModelFileMissing`). ``progress_callback(file_name, done,
     total)`` follows a download (default: a progress line on stderr).
@@ -242,7 +243,8 @@ class FaceAnalyzer:
         return self.models_dir if self.models_dir is not None else default_models_dir()
 
     def _find(self, names) -> Optional[Path]:
-        for d in self.search_dirs + [self._models_dir()]:
+        """First of ``names`` in ``search_dirs``, ``models_dir``, then the default folder."""
+        for d in self.search_dirs + [self._models_dir(), default_models_dir()]:
             for name in names:
                 if (d / name).is_file():
                     return d / name
