@@ -100,21 +100,10 @@ def regions_for(emo_model, regions, face_mask, size):
 
 def regions_from_mask(mask: torch.Tensor) -> dict:
     """Approximate Hallo regions from a face box mask [H, W] (no landmarks)."""
-    import warnings
+    from emo_core.preprocess.masks import regions_from_box_mask
 
-    from emo_core.preprocess.face import Face
-    from emo_core.preprocess.masks import hallo_region_masks
-
-    h, w = mask.shape
-    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
-    if len(ys) == 0:
-        box = np.array([0, 0, w, h], np.float32)
-    else:
-        box = np.array([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1], np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = hallo_region_masks(Face(box, 1.0, image_size=(h, w)), h, w, face_expand_ratio=1.0)
-    return {"full": r["full"], "face": r["face"], "lip": r["lip"], "size": (h, w)}
+    r = regions_from_box_mask(mask)
+    return {"full": r["full"], "face": r["face"], "lip": r["lip"], "size": tuple(mask.shape)}
 
 
 class StepProgress:

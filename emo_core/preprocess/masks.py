@@ -174,6 +174,20 @@ def hallo_region_masks(face: Face, H: int, W: int, face_expand_ratio: float = 1.
     return out
 
 
+def regions_from_box_mask(mask: torch.Tensor) -> dict:
+    """Hallo's masks approximated from a face-box mask [H, W] alone (no landmarks: the face is
+    the box, the lip its lower middle); an empty mask counts as the whole frame."""
+    h, w = mask.shape
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(ys) == 0:
+        box = np.array([0, 0, w, h], np.float32)
+    else:
+        box = np.array([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-landmarks approximation is the point here
+        return hallo_region_masks(Face(box, 1.0, image_size=(h, w)), h, w, face_expand_ratio=1.0)
+
+
 def region_masks_per_level(masks: dict, H: int, levels: int = 4) -> dict:
     """Each region mask resized (area average) to H/8, H/16, ..., and flattened to
     [1, h*w] as Hallo feeds them (level i -> H / 2**(3+i)). Square latents only."""

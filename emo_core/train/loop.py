@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -183,18 +182,12 @@ def ref_device(ref: ReferenceFeatures):
 def region_masks_for(mask: torch.Tensor, levels: int) -> dict:
     """Hallo-family audio-region masks approximated from the face-locator masks [b, S, S]
     (face = box, lip = its lower middle; no landmarks in the shards)."""
-    from ..preprocess.face import Face
-    from ..preprocess.masks import hallo_region_masks, region_masks_per_level
+    from ..preprocess.masks import region_masks_per_level, regions_from_box_mask
 
     rows = {"full": [], "face": [], "lip": []}
     s = mask.shape[-1]
     for m in mask:
-        ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
-        box = (np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32) if len(xs)
-               else np.array([0, 0, s, s], np.float32))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rm = region_masks_per_level(hallo_region_masks(Face(box, 1.0, image_size=(s, s)), s, s, 1.0), s, levels)
+        rm = region_masks_per_level(regions_from_box_mask(m), s, levels)
         for k in rows:
             rows[k].append(rm[k])
     return {k: [torch.cat([r[i] for r in v]) for i in range(levels)] for k, v in rows.items()}
@@ -314,39 +307,13 @@ def _resume_key(cfg: dict) -> dict:
 
 # --------------------------------------------------------------------------- video
 def write_video(path, frames: np.ndarray, fps: float, audio: np.ndarray | None = None, sr: int = 16000) -> Path:
-    """H.264 (+ AAC) mp4 via PyAV, written to a temporary name and renamed."""
-    import av
-    from fractions import Fraction
+    """H.264 (+ AAC) mp4 of frames [T, H, W, 3] through ``video_out.Mp4Writer`` (a temporary file
+    renamed into place when complete)."""
+    from ..video_out import Mp4Writer
 
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".partial.mp4")
-    frames = np.asarray(frames)
-    h, w = frames.shape[1:3]
-    if h % 2 or w % 2:
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with av.open(str(tmp), "w") as c:
-        vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        vs.options = {"crf": "18"}
-        aus = None
-        if audio is not None:
-            aus = c.add_stream("aac", rate=sr)
-            aus.layout = "mono"
-        for f in frames:
-            for pkt in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                c.mux(pkt)
-        for pkt in vs.encode():
-            c.mux(pkt)
-        if aus is not None:
-            a = np.asarray(audio, np.float32)[None]
-            frame = av.AudioFrame.from_ndarray(a, format="flt", layout="mono")
-            frame.sample_rate = sr
-            for pkt in aus.encode(frame):
-                c.mux(pkt)
-            for pkt in aus.encode():
-                c.mux(pkt)
-    os.replace(tmp, path)
-    return path
+    with Mp4Writer(path, fps, audio=audio, sample_rate=sr if audio is not None else None) as writer:
+        writer.write(np.asarray(frames))
+    return Path(path)
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
