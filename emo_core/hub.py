@@ -217,67 +217,74 @@ HALLO_FILES: tuple[RepoFile, ...] = (
 )
 
 
-def hallo_url(path: str, revision: str = "main") -> str:
-    return f"https://huggingface.co/{HALLO_REPO}/resolve/{revision}/{path}"
+def hf_url(repo: str, path: str, revision: str = "main") -> str:
+    return f"https://huggingface.co/{repo}/resolve/{revision}/{path}"
 
 
-def hallo_missing(folder, include_optional: bool = False, exclude=()) -> list[RepoFile]:
-    """Files of HALLO_FILES absent from ``folder`` (or smaller than a plausible download);
-    ``exclude``: paths not needed (e.g. hallo/net.pth when a checkpoint file is given)."""
-    folder = Path(folder).expanduser()
-    out = []
-    for f in HALLO_FILES:
-        if not (f.required or include_optional) or f.path in exclude:
-            continue
-        p = folder / f.path
-        if not p.is_file() or p.stat().st_size < f.min_bytes:
-            out.append(f)
-    return out
+@dataclass(frozen=True)
+class FileTable:
+    """A published model's files, laid out in its local folder as in its Hugging Face repository:
+    the one download manager for Hallo's and EchoMimic's files."""
 
+    name: str  # e.g. "Hallo", "EchoMimic accelerated"
+    repo: str
+    files: tuple[RepoFile, ...]
+    also: str = ""  # another way to get them, said after the download command
+    note: str = ""  # a last line for the offline instructions
 
-def hallo_instructions(folder, missing: Optional[list] = None) -> str:
-    """What to put where when the Hallo files cannot be downloaded."""
-    folder = Path(folder).expanduser()
-    missing = hallo_missing(folder) if missing is None else missing
-    lines = [f"Hallo model files are missing from {folder}. Download them (e.g. `hf download "
-             f"{HALLO_REPO} --local-dir {folder}`, huggingface_hub's command line) or copy"
-             f" Hallo's pretrained_models/ there, so that:"]
-    for f in missing:
-        lines.append(f"  {folder / f.path}   <- {hallo_url(f.path)}  ({f.description})")
-    return "\n".join(lines)
+    def url(self, path: str, revision: str = "main") -> str:
+        return hf_url(self.repo, path, revision)
 
+    def missing(self, folder, include_optional: bool = False, exclude=()) -> list[RepoFile]:
+        """Files absent from ``folder`` (or smaller than a plausible download); ``exclude``: paths not
+        needed (e.g. hallo/net.pth when a checkpoint file is given)."""
+        folder = Path(folder).expanduser()
+        return [f for f in self.files if (f.required or include_optional) and f.path not in exclude
+                and (not (folder / f.path).is_file() or (folder / f.path).stat().st_size < f.min_bytes)]
 
-def ensure_hallo(folder, *, download: bool = True, include_optional: bool = False, exclude=(),
-                 progress_callback: Optional[Callable[[str, int, Optional[int]], None]] = None) -> Path:
-    """Makes sure Hallo's inference files are in ``folder`` (Hallo's pretrained_models layout),
-    downloading the missing ones one by one (atomically, see :func:`ensure_file`).
+    def instructions(self, folder, missing: Optional[list] = None) -> str:
+        """What to put where when the files cannot be downloaded."""
+        folder = Path(folder).expanduser()
+        missing = self.missing(folder) if missing is None else missing
+        lines = [f"{self.name} model files are missing from {folder}. Download them (e.g. `hf download "
+                 f"{self.repo} --local-dir {folder}`, huggingface_hub's command line){self.also}, so that:"]
+        lines += [f"  {folder / f.path}   <- {self.url(f.path)}  ({f.description})" for f in missing]
+        return "\n".join(lines + ([self.note] if self.note else []))
 
-    ``progress_callback(file_path, bytes_done, total_or_None)``. Offline or with
-    ``download=False``: :class:`ModelFileMissing` listing every missing file and its URL.
-    A file that exists but is implausibly small is reported as broken, never overwritten.
-    """
-    folder = Path(folder).expanduser()
-    missing = hallo_missing(folder, include_optional, exclude)
-    broken = [f for f in missing if (folder / f.path).is_file()]
-    if broken:
-        raise ModelFileMissing(
-            "these Hallo model files look truncated (smaller than expected); delete them to download again:\n"
-            + "\n".join(f"  {folder / f.path} ({(folder / f.path).stat().st_size} bytes)" for f in broken))
-    if not missing:
+    def ensure(self, folder, *, download: bool = True, include_optional: bool = False, exclude=(),
+               progress_callback: Optional[Callable[[str, int, Optional[int]], None]] = None) -> Path:
+        """Makes sure the files are in ``folder``, downloading the missing ones one by one
+        (atomically, see :func:`ensure_file`). ``progress_callback(file_path, bytes_done,
+        total_or_None)``. Offline or with ``download=False``: :class:`ModelFileMissing` listing
+        every missing file and its URL. A file that exists but is implausibly small is reported as
+        broken, never overwritten."""
+        folder = Path(folder).expanduser()
+        missing = self.missing(folder, include_optional, exclude)
+        broken = [f for f in missing if (folder / f.path).is_file()]
+        if broken:
+            raise ModelFileMissing(
+                f"these {self.name} model files look truncated (smaller than expected); delete them to download "
+                "again:\n" + "\n".join(f"  {folder / f.path} ({(folder / f.path).stat().st_size} bytes)" for f in broken))
+        if missing and not download:
+            raise ModelFileMissing(self.instructions(folder, missing) + "\n(automatic download is switched off)")
+        for f in missing:
+            cb = None if progress_callback is None else (lambda done, total, _p=f.path: progress_callback(_p, done, total))
+            try:
+                ensure_file(self.url(f.path), folder / f.path, progress_callback=cb, timeout=120.0)
+            except ModelFileMissing as exc:
+                raise ModelFileMissing(f"{exc}\n\n" + self.instructions(
+                    folder, self.missing(folder, include_optional, exclude))) from exc
+            if (folder / f.path).stat().st_size < f.min_bytes:
+                bad = folder / f.path
+                size = bad.stat().st_size
+                bad.unlink()
+                raise ModelFileMissing(f"download of {self.url(f.path)} gave only {size} bytes (removed); "
+                                       + self.instructions(folder))
         return folder
-    if not download:
-        raise ModelFileMissing(hallo_instructions(folder, missing) + "\n(automatic download is switched off)")
-    for f in missing:
-        cb = None if progress_callback is None else (lambda done, total, _p=f.path: progress_callback(_p, done, total))
-        try:
-            ensure_file(hallo_url(f.path), folder / f.path, progress_callback=cb, timeout=120.0)
-        except ModelFileMissing as exc:
-            raise ModelFileMissing(f"{exc}\n\n" + hallo_instructions(folder, hallo_missing(folder, include_optional,
-                                                                                          exclude))) from exc
-        if (folder / f.path).stat().st_size < f.min_bytes:
-            bad = folder / f.path
-            size = bad.stat().st_size
-            bad.unlink()
-            raise ModelFileMissing(f"download of {hallo_url(f.path)} gave only {size} bytes (removed); "
-                                   + hallo_instructions(folder))
-    return folder
+
+
+HALLO = FileTable("Hallo", HALLO_REPO, HALLO_FILES, also=" or copy Hallo's pretrained_models/ there")
+hallo_url = HALLO.url
+hallo_missing = HALLO.missing
+hallo_instructions = HALLO.instructions
+ensure_hallo = HALLO.ensure

@@ -188,44 +188,25 @@ def is_echomimic_folder(folder: str | Path) -> bool:
 
 
 def file_url(path: str, revision: str = "main") -> str:
-    return f"https://huggingface.co/{HF_REPO}/resolve/{revision}/{path}"
+    from ..hub import hf_url
+
+    return hf_url(HF_REPO, path, revision)
 
 
-def instructions(folder: str | Path, accelerated: bool = True) -> str:
-    folder = Path(folder).expanduser()
-    lines = [f"EchoMimic model files belong in {folder} (e.g. `hf download {HF_REPO} --local-dir "
-             f"{folder}`), laid out as:"]
-    for path, what, _ in repo_files(accelerated):
-        lines.append(f"  {folder / path}   <- {file_url(path)}  ({what})")
-    lines.append(f"  (whisper_tiny.pt is OpenAI's tiny.pt: {WHISPER_URL})")
-    return "\n".join(lines)
+def file_table(accelerated: bool = True):
+    """EchoMimic's files (plain or accelerated, with whisper-tiny) as a ``hub.FileTable``."""
+    from ..hub import FileTable, RepoFile
+
+    return FileTable(f"EchoMimic{' accelerated' if accelerated else ''}", HF_REPO,
+                     tuple(RepoFile(path, True, what, size) for path, what, size in repo_files(accelerated)),
+                     note=f"  (whisper_tiny.pt is OpenAI's tiny.pt: {WHISPER_URL})")
 
 
 def ensure_echomimic(folder: str | Path, *, accelerated: bool = True, download: bool = True,
                      progress_callback=None) -> Path:
-    """Makes sure EchoMimic's files (plain or accelerated) and whisper-tiny are in ``folder``,
-    downloading the missing ones one at a time and atomically (``hub.ensure_file``). Offline or
-    with ``download=False``: ``ModelFileMissing`` saying which file goes where.
-    ``progress_callback(path, bytes_done, total_or_None)``."""
-    from ..hub import ModelFileMissing, ensure_file
-
-    folder = Path(folder).expanduser()
-    for path, _, min_bytes in repo_files(accelerated):
-        target = folder / path
-        if target.is_file():
-            if target.stat().st_size < min_bytes:
-                raise ModelFileMissing(f"{target} looks truncated ({target.stat().st_size} bytes); delete it to "
-                                       f"download it again\n" + instructions(folder, accelerated))
-            continue
-        if not download:
-            raise ModelFileMissing(f"{target} is missing (automatic download is switched off)\n"
-                                   + instructions(folder, accelerated))
-        cb = None if progress_callback is None else (lambda done, total, _p=path: progress_callback(_p, done, total))
-        try:
-            ensure_file(file_url(path), target, progress_callback=cb, timeout=120.0)
-        except ModelFileMissing as exc:
-            raise ModelFileMissing(f"{exc}\n\n" + instructions(folder, accelerated)) from exc
-    return folder
+    """Makes sure EchoMimic's files (plain or accelerated) and whisper-tiny are in ``folder``
+    (``hub.FileTable.ensure``: one at a time, atomically; offline: what goes where)."""
+    return file_table(accelerated).ensure(folder, download=download, progress_callback=progress_callback)
 
 
 @torch.no_grad()
