@@ -269,20 +269,6 @@ def load_echomimic_pipeline(weights: Path, *, accelerated: bool, download: bool,
     return pipe, load_whisper(weights, device=device), accelerated
 
 
-def audio_conditioning(pipe, audio_model, wave, fps: float):
-    """Per-frame audio conditioning for this model's family: whisper windows (EchoMimic) or
-    wav2vec2 features [T, blocks, size]."""
-    a = pipe.cfg.audio
-    if a.encoder == "whisper":
-        from .preprocess.whisper_features import windows_for_video
-
-        return windows_for_video(audio_model, wave, fps, a.context)
-    from .preprocess.audio_features import AudioFeatureExtractor
-
-    # Per-frame features: the pipeline cuts each clip's ±m windows (memory stays 5x smaller).
-    return AudioFeatureExtractor(audio_model, fps=fps, m=a.context).encode(wave)
-
-
 def load_portrait(path, size: int, *, framing: str = "face", margin: float = 0.5, if_missing: str = "error",
                   models_dir=None):
     """Image file -> (FramedPortrait: the model's [size, size, 3] float portrait, its Framing in the
@@ -410,11 +396,10 @@ def generate(args) -> int:
     portrait = framed.portrait
     mask, regions, embedding = face_conditioning(pipe, portrait, framed.face, args.expand, face_dir)
     try:
-        windows = audio_conditioning(pipe, audio_model, wave, args.fps)
+        windows, frames = pipe.audio_conditioning(audio_model, wave, args.fps)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
     del audio_model
-    frames = windows.shape[0]
     speed = None if args.speed is None else torch.full((frames,), float(args.speed))
     ref = pipe.encode_reference(portrait, face_embedding=embedding)
     clips = -(-frames // pipe.cfg.clip_frames)
@@ -435,7 +420,7 @@ def generate(args) -> int:
         with Mp4Writer(out, args.fps, audio=wave, sample_rate=16000, crf=args.crf) as writer:
             for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
-                                      motion_start=args.motion_start, callback=progress):
+                                      motion_start=args.motion_start, callback=progress, num_frames=frames):
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:

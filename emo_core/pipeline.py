@@ -108,6 +108,23 @@ class EmoPipeline:
             raise ValueError("audio features cover no video frame: the audio is shorter than one frame")
         return audio
 
+    def audio_conditioning(self, audio_model, wave16k, fps: float) -> tuple[torch.Tensor, int]:
+        """(audio features, video frames = round(seconds x fps)) of mono 16 kHz audio, as this
+        model's family computes them: whisper windows (EchoMimic) or wav2vec2 per-frame features
+        [T', blocks, size]; for Hallo's family T' may exceed the frames (``families.hallo``, quirk 7)."""
+        from .preprocess.audio_features import AudioFeatureExtractor
+
+        a = self.cfg.audio
+        if a.encoder == "whisper":
+            from .preprocess.whisper_features import windows_for_video
+
+            windows = windows_for_video(audio_model, wave16k, fps, a.context)
+            return windows, windows.shape[0]
+        clip = self.cfg.clip_frames if families.family_of(self.cfg).audio_as_hallo else None
+        extractor = AudioFeatureExtractor(audio_model, fps=fps, m=a.context, clip_length=clip)
+        # per-frame features: the pipeline cuts each clip's ±m windows (memory stays 5x smaller)
+        return extractor.encode(wave16k), extractor.num_frames(len(wave16k))
+
     def clip_windows(self, audio: torch.Tensor, frames: range) -> torch.Tensor:
         """The windows of ``frames`` (past the end: the last frame's window, as padding)."""
         if audio.ndim == 4:
@@ -163,15 +180,19 @@ class EmoPipeline:
     def generate(self, ref: ReferenceState, audio_windows: torch.Tensor, *, face_mask: torch.Tensor | None = None,
                  region_masks=None, region_weights=None, speed: torch.Tensor | None = None, steps: int = 40,
                  guidance: float = 3.5, seed: int = 0, motion_start: str = "reference",
-                 callback: Callable | None = None) -> Iterator[torch.Tensor]:
-        """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly one frame per row of
-        ``audio_windows`` ([T, window, blocks, size], or wav2vec features [T, blocks, size]). face_mask: [H, W] for the whole video or [T, H, W] per frame (each
-        clip uses the union of its frames' masks, as EMO). speed: [T] degrees per frame."""
+                 callback: Callable | None = None, num_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
+        one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
+        size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
+        whole video or [T, H, W] per frame (each clip uses the union of its frames' masks, as EMO).
+        speed: [T] degrees per frame."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
-        total = windows.shape[0]
+        total = windows.shape[0] if num_frames is None else int(num_frames)
+        if not 1 <= total <= windows.shape[0]:
+            raise ValueError(f"num_frames must be between 1 and the audio's {windows.shape[0]} rows, got {num_frames}")
         if motion_start not in ("reference", "zeros"):
             raise ValueError(f"motion_start must be 'reference' or 'zeros', got {motion_start!r}")
         for name, value in (("face_mask", face_mask if face_mask is not None and face_mask.ndim == 3 else None),
@@ -182,7 +203,8 @@ class EmoPipeline:
         generator = torch.Generator().manual_seed(seed)
         if self.cfg.chaining == "context_windows":
             with _release_memory(self.device):
-                yield from self._generate_context_windows(ref, windows, face_mask, steps, guidance, generator, callback)
+                yield from self._generate_context_windows(ref, windows[:total], face_mask, steps, guidance, generator,
+                                                          callback)
             return
         f, n = self.cfg.clip_frames, self.cfg.motion_frames
         clips = -(-total // f)

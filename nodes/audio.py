@@ -93,27 +93,17 @@ class EmoAudioEncode:
         if audio_encoder_output is not None:
             make = whisper_windows_from_core_encoder if whisper else features_from_core_encoder
             windows, seconds = make(audio_encoder_output, fps, a.context, a.feature_blocks, a.feature_dim)
-            source = "comfy-audio-encoder"
-        elif whisper:
-            from emo_core.preprocess.audio_io import duration_seconds, from_comfy_audio
-            from emo_core.preprocess.whisper_features import windows_for_video
-
-            wave = from_comfy_audio(audio)
-            seconds = duration_seconds(wave)
-            with emo_model.audio_model() as model:
-                windows = windows_for_video(model, wave, fps, a.context)
-            source = "emo-whisper"
-        else:
-            from emo_core.preprocess.audio_features import AudioFeatureExtractor
+            frames, source = windows.shape[0], "comfy-audio-encoder"
+        else:  # the model family's own features (Hallo's: computed as Hallo's preprocessing)
             from emo_core.preprocess.audio_io import duration_seconds, from_comfy_audio
 
             wave = from_comfy_audio(audio)
             seconds = duration_seconds(wave)
             with emo_model.audio_model() as model:
-                windows = AudioFeatureExtractor(model, fps=fps, m=a.context).encode(wave)
-            source = "emo-wav2vec2"
+                windows, frames = emo_model.pipe.audio_conditioning(model, wave, fps)
+            source = "emo-whisper" if whisper else "emo-wav2vec2"
         windows = windows.float().cpu().contiguous()
-        out = {"windows": windows, "fps": float(fps), "frames": int(windows.shape[0]), "seconds": float(seconds),
+        out = {"windows": windows, "fps": float(fps), "frames": int(frames), "seconds": float(seconds),
                "source": source}
         return (out, out["frames"])
 

@@ -93,7 +93,7 @@ class EmoGenerate:
                 for clip in pipe.generate(state, emo_audio["windows"], face_mask=mask,
                                           region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
-                                          callback=progress):
+                                          callback=progress, num_frames=total):
                     clip = clip.float().cpu()
                     if clip.shape[0] == 0:
                         continue

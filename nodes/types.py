@@ -13,8 +13,9 @@ EMO_MODEL      ``nodes.model.EmoModel``: the EmoPipeline (network, VAE, DDIM sch
                where its helper models are (wav2vec2 folder, face model folder; for EchoMimic
                the folder with audio_processor/whisper_tiny.pt) and
                ``tiny`` (random weights: output is noise). Read-only for every node.
-EMO_AUDIO      dict: "windows" float32 CPU tensor: per-frame wav2vec2 features [T, L, C] (the
-               sampler cuts each clip's ±m windows, so long audio stays small), or whisper
+EMO_AUDIO      dict: "windows" float32 CPU tensor: per-frame wav2vec2 features [T', L, C] (the
+               sampler cuts each clip's ±m windows, so long audio stays small; for Hallo-family
+               models T' >= T, the rows past T being the last frames' window context), or whisper
                windows [T, window, L, C] for EchoMimic (window = 2(2m+1), L = 1 + blocks),
                "fps" float, "frames" int T = round(seconds * fps), "seconds" float,
                "source" ("emo-wav2vec2" | "emo-whisper" | "comfy-audio-encoder").

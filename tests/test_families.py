@@ -181,3 +181,29 @@ def test_loader_node_offers_the_reference_rule(comfy):  # noqa: F811
     assert isinstance(EmoModelLoader().load(TINY_CHOICE)[0].pipe.rule, HalloReference)  # Hallo layout: Hallo's
     assert EmoModelLoader().load(TINY_CHOICE, reference_rule="clean")[0].pipe.rule is families.RULES["clean"]
     assert EmoModelLoader().load(TINY_EMO_CHOICE)[0].pipe.rule is families.RULES["clean"]
+
+
+@pytest.mark.parametrize("seconds,fps", [(0.83, 25), (1.3, 30), (2.0, 25), (3.1, 24)])
+def test_runtime_audio_windows_follow_hallo_at_any_length_and_rate(hallo_golden, seconds, fps):
+    """The audio path the CLI and nodes run (EmoPipeline.audio_conditioning, then the pipeline's
+    clip-by-clip windows) gives, in float64 and for every frame of the video, the windows of Hallo's
+    preprocessing (hallo_audio_embedding + windows over its padded sequence, which the golden case
+    f pins to Hallo's own output), at lengths that are not whole clips and at other frame rates."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from emo_core.chaining import plan_clips
+    from emo_core.parity.hallo import golden_pipeline
+    from emo_core.preprocess.audio_features import hallo_audio_embedding, load_wav2vec, window_features
+
+    raw = load_file(str(hallo_golden / "cases.safetensors"))["f.raw_audio"].numpy()
+    wave = np.resize(raw, int(seconds * 16000))  # the golden speech-like signal, cut or repeated
+    pipe = golden_pipeline(hallo_golden, torch.float64, clip_frames=4, motion_frames=2)
+    w2v = load_wav2vec(hallo_golden / "wav2vec2", dtype=torch.float64)
+    features, frames = pipe.audio_conditioning(w2v, wave, fps)
+    assert frames == int(seconds * fps + 0.5) <= features.shape[0]
+    ours = torch.cat([pipe.clip_windows(features, r) for r in plan_clips(frames, pipe.cfg.clip_frames)])[:frames]
+    emb, length = hallo_audio_embedding(w2v, wave, fps=fps, clip_length=pipe.cfg.clip_frames)
+    assert length >= frames and emb.shape[0] % pipe.cfg.clip_frames == 0
+    hallo = window_features(emb, pipe.cfg.audio.context)[:frames]
+    assert (ours - hallo).abs().max().item() <= 1e-7

@@ -28,11 +28,12 @@ class Family:
     reference_rule: str  # key of RULES used unless the user picks another
     accelerated_steps: int | None = None  # distilled weights of the family (EchoMimic's _acc files)
     accelerated_guidance: float | None = None
+    audio_as_hallo: bool = False  # wav2vec2 features computed as Hallo's preprocessing (hallo.py, quirk 7)
 
 
 FAMILIES = {
     "emo": Family("emo", 40, 3.5, "clean"),
-    "hallo": Family(hallo.NAME, hallo.DEFAULT_STEPS, hallo.DEFAULT_CFG, "hallo"),
+    "hallo": Family(hallo.NAME, hallo.DEFAULT_STEPS, hallo.DEFAULT_CFG, "hallo", audio_as_hallo=True),
     "echomimic": Family("echomimic", 30, 2.5, "clean", accelerated_steps=6, accelerated_guidance=1.0),
 }
 

@@ -30,6 +30,12 @@ The quirks, with their source in Hallo's code:
 6. **The first clip's motion frames are copies of the portrait** (``scripts/inference.py``);
    later clips take the last M decoded frames, rounded to float32 in [0, 1]. The pipeline's
    ``motion_start="reference"`` (the default) and ``DiffusersVae`` do the same.
+7. **Audio features of a padded sequence** (``audio_processor.py`` ``preprocess``): ceil(seconds x
+   fps) frames, the normalised audio zero-padded to whole clips before wav2vec2, the features
+   interpolated to that padded length, and each frame's ±2 window cut from the padded sequence
+   (``process_audio_emb``), so the last frames' windows read the padding's features.
+   ``AudioFeatureExtractor(clip_length=...)``, which ``EmoPipeline.audio_conditioning`` uses for
+   this family; the video still has round(seconds x fps) frames.
 
 Inference defaults (``configs/inference/default.yaml``): 40 DDIM steps, cfg 3.5, 16 frames per
 clip, 2 motion frames; DDIM with linear betas, v-prediction, zero-terminal-SNR, trailing

@@ -63,14 +63,16 @@ class HalloRunner:
         return {"c.output": self.net.imageproj(emb), "c.output_uncond": self.net.imageproj(torch.zeros_like(emb))}
 
     def case_f(self):
-        from ..preprocess.audio_features import hallo_audio_embedding, load_wav2vec, wav2vec_hidden_states, window_features
+        """wav2vec2 features through the runtime's audio path (``EmoPipeline.audio_conditioning``,
+        Hallo's preprocessing for this family) and the pipeline's own windowing."""
+        from ..preprocess.audio_features import load_wav2vec, wav2vec_hidden_states
+
         w2v = load_wav2vec(self.g.folder / "wav2vec2", dtype=self.dtype)
         values = self.x("f.input_values")
         seq_len = self.g.cases["f.hidden_states"].shape[1]
-        emb, _ = hallo_audio_embedding(w2v, self.g.cases["f.raw_audio"].numpy(), fps=int(self.g.meta.get("fps", 25)),
-                                       clip_length=self.frames)
+        emb, _ = self.pipe.audio_conditioning(w2v, self.g.cases["f.raw_audio"].numpy(), float(self.g.meta.get("fps", 25)))
         return {"f.hidden_states": wav2vec_hidden_states(w2v, values[None], seq_len),
-                "f.audio_emb": emb, "f.windowed": window_features(emb, self.net.cfg.audio.context)}
+                "f.audio_emb": emb, "f.windowed": self.pipe.clip_windows(emb, range(emb.shape[0]))}
 
     def masks(self, prefix: str) -> dict[str, list[torch.Tensor]]:
         """Hallo's region masks of one clip, per level [F, h*w] (the runtime doubles them for CFG)."""

@@ -227,7 +227,7 @@ def hallo_audio_embedding(model, wave16k: np.ndarray, fps: int = 25, clip_length
     values = torch.from_numpy(x).to(device=param.device, dtype=param.dtype)
     if clip_length > 0 and seq_len % clip_length != 0:
         extra = clip_length - seq_len % clip_length
-        values = F.pad(values, (0, extra * (sample_rate // fps)))
+        values = F.pad(values, (0, extra * int(sample_rate // fps)))
         seq_len += extra
     states = wav2vec_hidden_states(model, values[None], seq_len)
     return states[1:].transpose(0, 1).contiguous(), audio_length
@@ -248,13 +248,20 @@ class AudioFeatureExtractor:
 
     Audio longer than ``chunk_seconds`` runs the transformer in chunks with
     ``context_seconds`` of neighbouring frames on each side (discarded afterwards).
+
+    ``clip_length`` (Hallo's weights): the features are computed as Hallo's
+    ``AudioProcessor.preprocess`` does (``hallo_audio_embedding``): ceil(seconds x fps) frames,
+    the audio zero-padded to whole clips first, all in one pass; ``encode`` then returns every
+    row of that padded sequence (at least ``num_frames``): the rows past the video's frames are
+    the last frames' window context, as in Hallo. Audio too long for one pass is chunked as above.
     ``vocal_separator``: optional callable ``(wave16k) -> wave16k`` applied first (a hook
     for vocal isolation; nothing is bundled).
     """
 
     def __init__(self, model, fps: float = 25, m: int = 2, chunk_seconds: float = 20.0,
                  context_seconds: float = 4.0,
-                 vocal_separator: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+                 vocal_separator: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                 clip_length: Optional[int] = None):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if m < 0:
@@ -267,6 +274,9 @@ class AudioFeatureExtractor:
         self.chunk_seconds = float(chunk_seconds)
         self.context_seconds = float(context_seconds)
         self.vocal_separator = vocal_separator
+        if clip_length is not None and clip_length < 1:
+            raise ValueError(f"clip_length must be >= 1, got {clip_length}")
+        self.clip_length = clip_length
 
     def num_frames(self, num_samples: int) -> int:
         return num_frames_for(num_samples, self.fps)
@@ -293,9 +303,12 @@ class AudioFeatureExtractor:
             x = np.pad(x, (0, field - len(x)))
         values = torch.from_numpy(x).to(device=param.device, dtype=param.dtype)[None]
         chunk_samples = int(self.chunk_seconds * SAMPLE_RATE)
-        feats = interpolate_features(cnn_features(self.model, values, chunk_samples), t)
         chunk = max(1, int(round(self.chunk_seconds * self.fps)))
         ctx = int(round(self.context_seconds * self.fps))
+        if self.clip_length is not None and num_frames is None and t <= chunk + 2 * ctx:
+            emb, _ = hallo_audio_embedding(self.model, wave, fps=self.fps, clip_length=self.clip_length)
+            return emb
+        feats = interpolate_features(cnn_features(self.model, values, chunk_samples), t)
         if t <= chunk + 2 * ctx:
             states = encoder_hidden_states(self.model, _project(self.model, feats))
             return torch.stack(states[1:], dim=2)[0]
