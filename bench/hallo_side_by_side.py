@@ -137,9 +137,10 @@ def diff(a: dict, b: dict, name: str) -> torch.Tensor:
 
 
 def memory_needed(work: Path, dtype: torch.dtype) -> tuple[float, float]:
-    """(GB a run needs, GB available): the float32 network, plus its copy in a wider ``dtype``."""
+    """(GB a run needs, GB available): the network in ``dtype`` (the float32 one is cast tensor by
+    tensor), with a margin."""
     size = (work / "hallo" / "net.safetensors").stat().st_size
-    need = size * (1 + (dtype.itemsize / 4 if dtype.itemsize > 4 else 0)) * 1.15 / 2 ** 30
+    need = size * dtype.itemsize / 4 * 1.15 / 2 ** 30
     avail = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemAvailable")) / 2 ** 20
     return need, avail
 
@@ -149,6 +150,8 @@ def main() -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--px", type=int, default=None, help="image side (multiple of 64); default 64")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: tiny 3, sd15 2)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="layers per UNet block (default: tiny 1, sd15 2; sd15 with 1 needs about 15 GB in float64)")
     p.add_argument("--dtypes", default="float64,float32")
     p.add_argument("--threads", type=int, default=1, help="torch threads on both sides (float32 depends on it)")
     p.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
@@ -168,13 +171,15 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     s = SIZES[args.size]
+    if args.layers:
+        s = {**s, "unet": {**s["unet"], "layers_per_block": args.layers}}
     px, steps = args.px or s["px"], args.steps or s["steps"]
     work = Path(args.keep or tempfile.mkdtemp(prefix="hallo_side_by_side_"))
     write_configs(work / "hallo", s, px)
     write_inputs(work / "chain", s, px, steps)
     hallo(python, "make", work, threads=args.threads)
-    print(f"{args.size}: {px}x{px}, {FRAMES} frames x {CLIPS} clips, {MOTION_FRAMES} motion frames, {steps} DDIM "
-          f"steps, CFG {GUIDANCE}, seed {SEED}; work folder {work}")
+    print(f"{args.size}: {s['unet']['layers_per_block']} layers per block, {px}x{px}, {FRAMES} frames x {CLIPS} clips, "
+          f"{MOTION_FRAMES} motion frames, {steps} DDIM steps, CFG {GUIDANCE}, seed {SEED}; work folder {work}")
     print(f"{'size':5s} {'dtype':8s} {'rule':6s} clip  max|latent diff|  max|frame diff|")
     largest = {}
     for name in args.dtypes.split(","):
