@@ -73,7 +73,7 @@ def node_info(type_):
 # node: (id, type, {widget: value}, {input: (src_id, out_index)}); positions are laid out by column
 def _common(audio_file, size=512, steps=40, cfg=3.5, keep="all", model=HALLO_CHOICE):
     return [
-        (1, "EmoModelLoader", {"model": model, "dtype": "auto", "download": True}, {}),
+        (1, "EmoModelLoader", {"model": model, "dtype": "auto", "download": True, "reference_rule": "auto"}, {}),
         (2, "LoadImage", {"image": "portrait.png"}, {}),
         (3, "LoadAudio", {"audio": audio_file}, {}),
         (4, "EmoReferenceEncode", {"size": size, "crop": "face", "identity": True, "margin": 0.5, "if_no_face": "error"},
@@ -142,7 +142,7 @@ def echomimic_accelerated():
     """EchoMimic's accelerated weights: whisper audio, 1-channel face box, the whole video as one
     latent sequence in context windows, 6 steps without guidance, at EchoMimic's 24 fps."""
     return [
-        (1, "EmoModelLoader", {"model": ECHOMIMIC_ACC_CHOICE, "dtype": "auto", "download": True}, {}),
+        (1, "EmoModelLoader", {"model": ECHOMIMIC_ACC_CHOICE, "dtype": "auto", "download": True, "reference_rule": "auto"}, {}),
         (2, "LoadImage", {"image": "portrait.png"}, {}),
         (3, "LoadAudio", {"audio": "speech.wav"}, {}),
         (4, "EmoReferenceEncode", {"size": 512, "crop": "face", "identity": False, "margin": 0.5, "if_no_face": "error"},
