@@ -25,10 +25,12 @@ Images are ``uint8`` RGB ``[H, W, 3]``; all coordinates are pixels.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
 import warnings
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +211,17 @@ def _merge_duplicates(faces: list, iou: float = 0.4) -> list:
     return kept
 
 
+_OPEN: "weakref.WeakSet[FaceAnalyzer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_analyzers() -> None:
+    """Close analyzers still open at exit while mediapipe can still close them (its own
+    finalizers fail noisily once the interpreter is tearing down)."""
+    for analyzer in list(_OPEN):
+        analyzer.close()
+
+
 class FaceAnalyzer:
     """Largest-face detection with landmarks; see the module docstring for the backends.
 
@@ -237,6 +250,7 @@ class FaceAnalyzer:
         self.backend = self._pick(backend)
         self._detector = None
         self._landmarker = None
+        _OPEN.add(self)
 
     # ------------------------------------------------------------------ setup
     def _models_dir(self) -> Path:
