@@ -1,11 +1,11 @@
 """Face analysis behind one small interface, with two MediaPipe backends.
 
 * ``"tasks"``: the MediaPipe Tasks API (``FaceDetector`` + ``FaceLandmarker``), the only API of
-  mediapipe >= 0.10.30 / 1.x. It needs two model files, looked up in ``search_dirs`` and then in
-  ``models_dir`` (default :func:`default_models_dir`, ``$EMO_MODELS_DIR/emo/face_analysis``),
-  and downloaded into ``models_dir`` on first use through :mod:`emo_core.hub` (temporary file
-  renamed when complete, sha256 checked, a clear error naming file, destination and URL when
-  offline):
+  mediapipe >= 0.10.30 / 1.x. It needs two model files, looked up in ``search_dirs``, in
+  ``models_dir`` and in :func:`default_models_dir` (``$EMO_MODELS_DIR/emo/face_analysis``;
+  inside ComfyUI its ``models/emo/face_analysis``), and downloaded into ``models_dir`` (default:
+  that folder) on first use through :mod:`emo_core.hub` (temporary file renamed when complete,
+  sha256 checked, a clear error naming file, destination and URL when offline):
 
   - ``face_landmarker.task`` (3.7 MB; Hallo's ``face_landmarker_v2_with_blendshapes.task`` is
     accepted too): 478 landmarks and a 4x4 facial transformation matrix (head pose). The bundle
@@ -15,6 +15,8 @@
     also ship it as ``face_detection_short_range.tflite``).
 
   ``$EMO_FACE_MODELS_URL`` replaces the download location (a mirror serving the same file names).
+  Frames far from square are also searched in overlapping square tiles (the detector sees a
+  letterboxed 128x128 copy, where faces in a wide frame would shrink to a few pixels).
 * ``"solutions"``: the legacy ``mediapipe.solutions`` API (``FaceDetection`` + ``FaceMesh``),
   whose models are inside the wheel. Removed in mediapipe >= 0.10.30 / 1.x.
 * ``"auto"``: tasks, unless the installed mediapipe still has solutions and the tasks model
