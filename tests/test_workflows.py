@@ -185,3 +185,28 @@ def test_no_node_covers_another_in_the_editor(name):
         assert pos[src][0] < pos[dst][0] or (pos[src][0] == pos[dst][0] and pos[src][1] < pos[dst][1]), \
             f"link {src} -> {dst} runs backwards"
     assert ui["extra"]["ds"]["scale"] >= 0.7, "the graph should open at 70% zoom or closer"
+
+
+def test_face_mask_offline_says_which_file_goes_where(tmp_path, monkeypatch):
+    """No face model yet and no network: EMO Face Mask names the file, the models-folder path
+    to put it at and its URL; nothing half-written remains."""
+    import socket
+
+    import numpy as np
+    from PIL import Image
+
+    from emo_core.hub import ModelFileMissing
+    from nodes.face_mask import EmoFaceMask
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("EMO_FACE_MODELS_URL", f"http://127.0.0.1:{port}")
+    image = torch.from_numpy(np.asarray(Image.open(REPO / "samples" / "portrait.png").convert("RGB"),
+                                        np.float32) / 255)[None]
+    with pytest.raises(ModelFileMissing) as err:
+        EmoFaceMask().mask(image)
+    dest = tmp_path / "models" / "emo" / "face_analysis" / "face_landmarker.task"
+    assert str(dest) in str(err.value) and f"http://127.0.0.1:{port}/face_landmarker.task" in str(err.value)
+    assert list(dest.parent.iterdir()) == []
