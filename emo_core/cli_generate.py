@@ -57,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DDIM steps, 1 to 1000 (default 40; EchoMimic 30, accelerated 6; --tiny: 4)")
     p.add_argument("--cfg", type=float, default=None,
                    help="classifier-free guidance scale >= 0 (default 3.5; EchoMimic 2.5, accelerated 1 = none)")
+    p.add_argument("--sampler", default=None,
+                   help="ddim (default), euler, dpmpp_2m or unipc, over the model's own timesteps (emo_core.sampling)")
+    p.add_argument("--preset", default=None,
+                   help="quality: ddim, 40 steps, cfg 3.5; fast: dpmpp_2m, 12 steps, cfg 3.5 only at sigmas 0.28 to "
+                        "5.42 (emo_core/sampling/presets.py); --steps, --cfg and --sampler override its values")
     p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2^64-1")
     p.add_argument("--speed", type=float, default=None,
                    help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")
@@ -130,6 +135,8 @@ def validate_args(args) -> None:
     """Checks every option before anything is loaded; raises UsageError naming the option.
     Also makes sure the output can be written (so no generated video is lost at the end)."""
     from . import checks
+    from .sampling.presets import preset
+    from .sampling.samplers import check_sampler
     from .video_out import OutputPathError, check_output_path
 
     if args.tiny_family is not None and args.weights:
@@ -139,6 +146,12 @@ def validate_args(args) -> None:
                                  ("--speed", checks.speed, args.speed), ("--fps", checks.fps, args.fps),
                                  ("--seed", checks.seed, args.seed), ("--crf", checks.crf, args.crf),
                                  ("--expand", checks.expand, args.expand)):
+        if value is not None:
+            try:
+                check(value, option)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+    for option, check, value in (("--sampler", check_sampler, args.sampler), ("--preset", preset, args.preset)):
         if value is not None:
             try:
                 check(value, option)
@@ -382,6 +395,7 @@ def generate(args) -> int:
             raise SystemExit(f"error: {exc}")
         size = args.size
     defaults = families.family_of(pipe.cfg)  # the family's sampling defaults
+    sampler, interval = sampling_choice(args, pipe)
     if args.steps is None:
         args.steps = 4 if args.tiny else defaults.accelerated_steps if accelerated else defaults.steps
     if args.cfg is None:
@@ -406,7 +420,9 @@ def generate(args) -> int:
     how = (f"one latent sequence in context windows of {pipe.cfg.clip_frames}" if pipe.cfg.chaining == "context_windows"
            else f"{clips} clips of {pipe.cfg.clip_frames}")
     print(f"{len(wave) / 16000:.2f} s of audio -> {frames} frames at {args.fps:g} fps, {how}, {args.steps} steps, "
-          f"cfg {args.cfg:g}, {size}x{size} on {device}", file=sys.stderr)
+          f"cfg {args.cfg:g}, {size}x{size} on {device}"
+          + ("" if (sampler, interval) == ("ddim", None) else f"; sampler {sampler}"
+             + ("" if interval is None else f", guidance at sigmas {interval[0]:g} to {interval[1]:g}")), file=sys.stderr)
 
     def progress(info):
         if info["step"] == info["steps"]:
@@ -420,7 +436,8 @@ def generate(args) -> int:
         with Mp4Writer(out, args.fps, audio=wave, sample_rate=16000, crf=args.crf) as writer:
             for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
-                                      motion_start=args.motion_start, callback=progress, num_frames=frames):
+                                      motion_start=args.motion_start, callback=progress, num_frames=frames,
+                                      sampler=sampler, guidance_interval=interval):
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:
@@ -428,6 +445,24 @@ def generate(args) -> int:
         return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     print(f"wrote {out} ({writer.frames_written} frames, {time.time() - t0:.1f} s)", file=sys.stderr)
     return 0
+
+
+def sampling_choice(args, pipe) -> tuple[str, tuple[float, float] | None]:
+    """(sampler, guidance interval) of --preset and --sampler; the preset also fills --steps and
+    --cfg where they were not given."""
+    from .sampling.presets import preset
+
+    sampler, interval = args.sampler or "ddim", None
+    if args.preset is not None:
+        chosen = preset(args.preset, "--preset")
+        args.steps = chosen.steps if args.steps is None else args.steps
+        args.cfg = chosen.guidance if args.cfg is None else args.cfg
+        sampler, interval = args.sampler or chosen.sampler, chosen.guidance_interval
+    if pipe.cfg.chaining == "context_windows" and (sampler, interval) != ("ddim", None):
+        raise SystemExit(f"error: --sampler/--preset: this model ({pipe.cfg.family}) samples the whole video in "
+                         f"context windows with DDIM only; got sampler {sampler}"
+                         + ("" if interval is None else " with a guidance interval"))
+    return sampler, interval
 
 
 def load_pipeline(folder: Path, model_file: Path | None, *, device, dtype):

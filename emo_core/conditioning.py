@@ -25,7 +25,7 @@ import torch
 
 from .models.attention import ReferenceFeatures
 from .models.backbone import Conditioning
-from .sampling.guidance import batch_conditions, guided_batched, unconditional
+from .sampling.guidance import batch_conditions, guided_batched, guided_on_interval, unconditional
 
 
 @dataclass
@@ -124,11 +124,14 @@ def clip_conditioning(net, ref: ReferenceState, *, audio_windows: torch.Tensor |
 
 
 def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents: torch.Tensor | None, *,
-             frames: int, guidance: float, model: Callable | None = None) -> Callable:
+             frames: int, guidance: float, model: Callable | None = None,
+             interval: Callable | None = None) -> Callable:
     """``model_fn(x, t)`` for a sampler: the backbone on this clip's conditioning, with
     classifier-free guidance (one batched forward) when ``guidance > 1``.
 
     ``model(x, t, cond)`` defaults to ``net``; pass a wrapper to observe the raw predictions.
+    ``interval(t) -> bool`` limits guidance to those timesteps (``samplers.sigma_interval``);
+    elsewhere one forward of the guided batch's conditional half.
     Without cached portrait features (``ref.features is None``) ReferenceNet runs at every call."""
     model = net if model is None else model
     guided = guidance > 1.0
@@ -139,6 +142,12 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
             return replace(cond, reference=reference)
         both = batch_conditions(unconditional(cond, ref.null_identity), cond)
         return replace(both, reference=reference)
+
+    if guided and interval is not None:
+        wrap = lambda built: guided_on_interval(model, built, guidance, interval)
+        if ref.features is None:
+            return lambda x, t: wrap(build())(x, t)
+        return wrap(build())
 
     if ref.features is None:  # caching off: the portrait goes through ReferenceNet at every step
         if guided:

@@ -20,6 +20,8 @@ from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_po
 from .config import EmoConfig
 from .models.emo import EmoNet
 from .sampling.ddim import Schedule, sample_ddim
+from .sampling.samplers import check_sampler, sigma_interval, to_model_space
+from .sampling.samplers import sample as sample_sigmas
 from .vae import Vae
 from .windows import frame_windows, take_padded
 
@@ -137,12 +139,18 @@ class EmoPipeline:
                     face_mask: torch.Tensor | None = None, region_masks=None, region_weights=None,
                     speed: torch.Tensor | None = None, steps: int = 40, guidance: float = 3.5,
                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                    callback: Callable | None = None) -> torch.Tensor:
+                    callback: Callable | None = None, sampler: str = "ddim",
+                    guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
-        ``callback({"step", "steps", "x", "x0", "output"})`` after every step. Returns latents [1, 4, f, h, w]."""
+        ``callback({"step", "steps", "x", "x0", "output"})`` after every step. ``sampler``: "ddim"
+        (``sample_ddim``) or one of ``samplers.SAMPLERS`` over the model's own timesteps;
+        ``guidance_interval`` (lo, hi): guidance only at sigmas in [lo, hi] (``samplers.sigma_interval``).
+        Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
+        sampler = check_sampler(sampler)
+        interval = None if guidance_interval is None else sigma_interval(self.schedule, *guidance_interval)
         f = audio_windows.shape[0]
         if audio_windows.ndim != 4:
             raise ValueError(f"sample_clip takes the clip's windows [f, window, blocks, size]; got "
@@ -152,7 +160,8 @@ class EmoPipeline:
         cond = clip_conditioning(self.net, ref, audio_windows=self.audio_windows_ok(audio_windows),
                                  face_mask=None if face_mask is None else self._mask(face_mask, ref), speed=speed,
                                  region_masks=region_masks, region_weights=region_weights)
-        guided_fn = denoiser(self.net, ref, cond, self.rule, motion_latents, frames=f, guidance=guidance)
+        guided_fn = denoiser(self.net, ref, cond, self.rule, motion_latents, frames=f, guidance=guidance,
+                             interval=interval)
         # The sampler's state stays in float32 (float64 for float64 models) whatever the network runs in.
         state = torch.float64 if self.dtype == torch.float64 else torch.float32
 
@@ -163,9 +172,24 @@ class EmoPipeline:
             h, w = ref.latent.shape[-2:]
             noise = torch.randn((1, self.cfg.unet.in_channels, f, h, w), generator=generator,
                                 device=generator.device if generator is not None else "cpu")
+        if sampler != "ddim":
+            return self._sample_sigmas(sampler, model_fn, noise.to(self.device, state), steps, callback)
         step_cb = None if callback is None else (
             lambda s: callback({"step": s["i"] + 1, "steps": steps, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
         return sample_ddim(model_fn, noise.to(self.device, state), self.schedule, steps, callback=step_cb)
+
+    def _sample_sigmas(self, sampler: str, model_fn: Callable, noise: torch.Tensor, steps: int, callback):
+        """A sigma-space sampler (``samplers.sample``); the callback sees DDIM's variables (x_t)."""
+        last = {}
+
+        def recording(x, t):
+            last["output"] = model_fn(x, t)
+            return last["output"]
+
+        step_cb = None if callback is None else (
+            lambda s: callback({"step": s["i"] + 1, "steps": steps, "x": to_model_space(s["x"], s["sigma_next"]),
+                                "x0": s["denoised"], "output": last["output"]}))
+        return sample_sigmas(sampler, recording, noise, self.schedule, steps, callback=step_cb)
 
     def _mask(self, mask: torch.Tensor, ref: ReferenceState) -> torch.Tensor:
         if mask.shape[-2:] != ref.image.shape[:2]:
@@ -180,13 +204,20 @@ class EmoPipeline:
     def generate(self, ref: ReferenceState, audio_windows: torch.Tensor, *, face_mask: torch.Tensor | None = None,
                  region_masks=None, region_weights=None, speed: torch.Tensor | None = None, steps: int = 40,
                  guidance: float = 3.5, seed: int = 0, motion_start: str = "reference",
-                 callback: Callable | None = None, num_frames: int | None = None) -> Iterator[torch.Tensor]:
+                 callback: Callable | None = None, num_frames: int | None = None, sampler: str = "ddim",
+                 guidance_interval: tuple[float, float] | None = None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
         whole video or [T, H, W] per frame (each clip uses the union of its frames' masks, as EMO).
-        speed: [T] degrees per frame."""
+        speed: [T] degrees per frame. ``sampler``, ``guidance_interval``: as ``sample_clip``."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
+        sampler = check_sampler(sampler)
+        if guidance_interval is not None:
+            sigma_interval(self.schedule, *guidance_interval)  # checked before the first clip
+        if self.cfg.chaining == "context_windows" and (sampler != "ddim" or guidance_interval is not None):
+            raise ValueError(f"sampler: this model samples the whole video in context windows, with DDIM over "
+                             f"every timestep's windows; got sampler={sampler!r}, guidance_interval={guidance_interval}")
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
@@ -219,7 +250,8 @@ class EmoPipeline:
             cb = None if callback is None else (lambda s: callback({"clip": index + 1, "clips": clips, **s}))
             latents = self.sample_clip(ref, self.clip_windows(windows, frames), motion_latents, face_mask=mask,
                                        region_masks=region_masks, region_weights=region_weights, speed=clip_speed,
-                                       steps=steps, guidance=guidance, generator=generator, callback=cb)
+                                       steps=steps, guidance=guidance, generator=generator, callback=cb,
+                                       sampler=sampler, guidance_interval=guidance_interval)
             return self.decode(latents)
 
         with _release_memory(self.device):

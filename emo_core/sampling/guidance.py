@@ -68,3 +68,30 @@ def guided_batched(model, both: Conditioning, scale: float):
         return out_uncond + scale * (out_cond - out_uncond)
 
     return model_fn
+
+
+def conditional_half(both: Conditioning) -> Conditioning:
+    """The conditional half of a conditioning batched as [uncond, cond]: every batched tensor's
+    second half (reference rows, motion frames, region-mask rows included)."""
+    half = lambda v: None if v is None else v.chunk(2)[1]
+    ref = both.reference
+    if ref is not None:
+        halves = lambda d: None if d is None else {k: half(v) for k, v in d.items()}
+        ref = ReferenceFeatures(halves(ref.spatial), halves(ref.motion), half(ref.active))
+    masks = None
+    if both.region_masks is not None:
+        masks = {k: [half(m) for m in v] for k, v in both.region_masks.items()}
+    return replace(both, reference=ref, identity=half(both.identity), audio=half(both.audio), face=half(both.face),
+                   speed=half(both.speed), region_masks=masks)
+
+
+def guided_on_interval(model, both: Conditioning, scale: float, in_interval):
+    """Guidance limited to an interval of noise levels (Kynkäänniemi et al. 2024, arXiv
+    2404.07724): CFG over [uncond, cond] where ``in_interval(t)`` holds, elsewhere one forward
+    of the conditional half alone (half the batch)."""
+    full, cond = guided_batched(model, both, scale), conditional_half(both)
+
+    def model_fn(x, t):
+        return full(x, t) if in_interval(t) else model(x, t, cond)
+
+    return model_fn
