@@ -277,6 +277,6 @@ def test_nodes_frame_and_paste_back(analyzer, wide_photo):
     cat = torch.from_numpy(data.chelsea().astype(np.float32) / 255)[None]
     with pytest.raises(EmoNodeError, match="if_no_face"):
         EmoReferenceEncode().encode(model, cat, size=64)
-    with pytest.warns(UserWarning, match="no face found"):
+    with pytest.warns(UserWarning, match="no (credible )?face"):  # the detector may or may not report the cat
         _, _, fallback = EmoReferenceEncode().encode(model, cat, size=64, if_no_face="full_frame")
     assert fallback.mode == "full_frame"
