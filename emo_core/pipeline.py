@@ -18,6 +18,7 @@ from . import checks, families
 from .chaining import chain_clips
 from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_portrait
 from .config import EmoConfig
+from .models.backbone import DeepCache
 from .models.emo import EmoNet
 from .sampling.ddim import Schedule, sample_ddim
 from .sampling.samplers import check_sampler, sigma_interval, to_model_space
@@ -140,13 +141,15 @@ class EmoPipeline:
                     speed: torch.Tensor | None = None, steps: int = 40, guidance: float = 3.5,
                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                     callback: Callable | None = None, sampler: str = "ddim",
-                    guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
+                    guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None
+                    ) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
         ``callback({"step", "steps", "x", "x0", "output"})`` after every step. ``sampler``: "ddim"
         (``sample_ddim``) or one of ``samplers.SAMPLERS`` over the model's own timesteps;
-        ``guidance_interval`` (lo, hi): guidance only at sigmas in [lo, hi] (``samplers.sigma_interval``).
+        ``guidance_interval`` (lo, hi): guidance only at sigmas in [lo, hi] (``samplers.sigma_interval``);
+        ``deep_cache`` N: a full UNet forward every N steps, the shallow branch in between (``DeepCache``).
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
@@ -160,8 +163,12 @@ class EmoPipeline:
         cond = clip_conditioning(self.net, ref, audio_windows=self.audio_windows_ok(audio_windows),
                                  face_mask=None if face_mask is None else self._mask(face_mask, ref), speed=speed,
                                  region_masks=region_masks, region_weights=region_weights)
+        model = None
+        if deep_cache is not None:
+            cache = DeepCache(deep_cache)
+            model = lambda x, t, c: self.net.denoising_unet(x, t, c, cache=cache)
         guided_fn = denoiser(self.net, ref, cond, self.rule, motion_latents, frames=f, guidance=guidance,
-                             interval=interval)
+                             interval=interval, model=model)
         # The sampler's state stays in float32 (float64 for float64 models) whatever the network runs in.
         state = torch.float64 if self.dtype == torch.float64 else torch.float32
 
@@ -205,19 +212,23 @@ class EmoPipeline:
                  region_masks=None, region_weights=None, speed: torch.Tensor | None = None, steps: int = 40,
                  guidance: float = 3.5, seed: int = 0, motion_start: str = "reference",
                  callback: Callable | None = None, num_frames: int | None = None, sampler: str = "ddim",
-                 guidance_interval: tuple[float, float] | None = None) -> Iterator[torch.Tensor]:
+                 guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None
+                 ) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
         whole video or [T, H, W] per frame (each clip uses the union of its frames' masks, as EMO).
-        speed: [T] degrees per frame. ``sampler``, ``guidance_interval``: as ``sample_clip``."""
+        speed: [T] degrees per frame. ``sampler``, ``guidance_interval``, ``deep_cache``: as ``sample_clip``."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         sampler = check_sampler(sampler)
         if guidance_interval is not None:
             sigma_interval(self.schedule, *guidance_interval)  # checked before the first clip
-        if self.cfg.chaining == "context_windows" and (sampler != "ddim" or guidance_interval is not None):
+        if deep_cache is not None:
+            DeepCache(deep_cache)
+        if self.cfg.chaining == "context_windows" and (sampler != "ddim" or guidance_interval or deep_cache):
             raise ValueError(f"sampler: this model samples the whole video in context windows, with DDIM over "
-                             f"every timestep's windows; got sampler={sampler!r}, guidance_interval={guidance_interval}")
+                             f"every timestep's windows; got sampler={sampler!r}, guidance_interval={guidance_interval}, "
+                             f"deep_cache={deep_cache}")
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
@@ -251,7 +262,7 @@ class EmoPipeline:
             latents = self.sample_clip(ref, self.clip_windows(windows, frames), motion_latents, face_mask=mask,
                                        region_masks=region_masks, region_weights=region_weights, speed=clip_speed,
                                        steps=steps, guidance=guidance, generator=generator, callback=cb,
-                                       sampler=sampler, guidance_interval=guidance_interval)
+                                       sampler=sampler, guidance_interval=guidance_interval, deep_cache=deep_cache)
             return self.decode(latents)
 
         with _release_memory(self.device):

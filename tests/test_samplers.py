@@ -257,3 +257,44 @@ def test_cli_preset_fast_and_bad_sampler(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 steps, cfg 3.5" in err and "sampler dpmpp_2m, guidance at sigmas 0.28 to 5.42" in err
     assert out.is_file() and not (tmp_path / "bad.mp4").exists()
+
+
+@pytest.mark.parametrize("family", ["emo", "hallo"])
+def test_deep_cache_shallow_branch_rebuilds_the_full_forward(family):
+    """Reusing the deep features of the same input gives the full forward's output: the shallow
+    branch wires conv_in, the first down block's skips and the last up block as the full one."""
+    from emo_core.models.backbone import DeepCache
+    from test_core_models import conditioning, make_net
+
+    net = make_net(family)
+    x, cond = conditioning(net)
+    unet = net.denoising_unet
+    mids = []
+    original = unet.mid_block.mid
+    unet.mid_block.mid = lambda *a: (mids.append(1), original(*a))[1]
+    cache = DeepCache(3)
+    with torch.no_grad():
+        plain = net(x, 400, cond)
+        outs = [unet(x, 400, cond, cache=cache) for _ in range(4)]
+    assert len(mids) == 1 + 2  # plain, then full, shallow, shallow, full
+    for out in outs:
+        torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="deep_cache"):
+        DeepCache(0)
+
+
+def test_pipeline_deep_cache():
+    pipe = tiny_pipeline()
+    randomize(pipe.net)
+    ref = pipe.encode_reference(torch.rand(64, 64, 3), torch.randn(pipe.cfg.identity_dim))
+    a = pipe.cfg.audio
+    windows = torch.randn(pipe.cfg.clip_frames, a.window, a.feature_blocks, a.feature_dim)
+    region = regions()
+    run = lambda **kw: torch.cat(list(pipe.generate(ref, windows, region_masks=region, steps=6, seed=2, **kw)))
+    plain = run(sampler="dpmpp_2m")
+    torch.testing.assert_close(run(sampler="dpmpp_2m", deep_cache=1), plain, rtol=0, atol=0)
+    mids = []
+    original = pipe.net.denoising_unet.mid_block.mid
+    pipe.net.denoising_unet.mid_block.mid = lambda *a: (mids.append(1), original(*a))[1]
+    cached = run(sampler="dpmpp_2m", deep_cache=2, guidance=1.0)
+    assert len(mids) == 3 and cached.shape == plain.shape and bool(torch.isfinite(cached).all())

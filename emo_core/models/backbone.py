@@ -52,6 +52,24 @@ class Conditioning:
     region_weights: tuple[float, float, float] | torch.Tensor | None = None
 
 
+class DeepCache:
+    """DeepCache (Ma et al. 2024, arXiv 2312.00858): the deep features (the input of the last up
+    block) change slowly from one sampling step to the next. A full forward every ``interval``
+    calls stores them; the calls in between run only ``conv_in``, the first down block and the
+    last up block on the stored features. One cache per sampling run (it counts calls); a batch
+    of another size (guidance switched on or off) gets a full forward."""
+
+    def __init__(self, interval: int):
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"deep_cache: expected an integer >= 1 (steps per full forward), got {interval!r}")
+        self.interval, self.calls, self.deep = interval, 0, None
+
+    def reuse(self, x: torch.Tensor) -> bool:
+        """Whether this call may reuse the stored features (counts the call)."""
+        k, self.calls = self.calls, self.calls + 1
+        return k % self.interval != 0 and self.deep is not None and self.deep.shape[0] == x.shape[0]
+
+
 @dataclass
 class _Frame:
     """Per-forward values shared by all blocks (frames folded into the batch)."""
@@ -263,8 +281,10 @@ class Backbone(nn.Module):
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             block.gradient_checkpointing = enabled
 
-    def forward(self, sample: torch.Tensor, timestep, cond: Conditioning) -> torch.Tensor:
-        """sample [b, c, f, h, w]; timestep scalar or [b] -> prediction [b, c_out, f, h, w]."""
+    def forward(self, sample: torch.Tensor, timestep, cond: Conditioning, cache: "DeepCache | None" = None
+                ) -> torch.Tensor:
+        """sample [b, c, f, h, w]; timestep scalar or [b] -> prediction [b, c_out, f, h, w].
+        ``cache``: reuse of the deep features across calls (``DeepCache``)."""
         b, _, f, h, w = sample.shape
         factor = 2 ** (len(self.down_blocks) - 1)
         if h % factor or w % factor:
@@ -277,6 +297,10 @@ class Backbone(nn.Module):
             face = cond.face if cond.face.ndim == 5 else cond.face[:, :, None].expand(-1, -1, f, -1, -1)
             x = x + rearrange(face.to(x.dtype), "b c f h w -> (b f) c h w")
         skips = (x,)
+        if cache is not None and cache.reuse(x):  # the shallow branch: first down block, cached deep features
+            x, res = self.down_blocks[0].down(x, fr)
+            x = self.up_blocks[-1].up(cache.deep, (skips + res)[:len(self.up_blocks[-1].resnets)], fr)
+            return rearrange(self.conv_out(self.conv_act(self.conv_norm_out(x))), "(b f) c h w -> b c f h w", f=f)
         for block in self.down_blocks:
             x, res = block.down(x, fr)
             skips += res
@@ -284,6 +308,8 @@ class Backbone(nn.Module):
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             res, skips = skips[-n:], skips[:-n]
+            if cache is not None and i == len(self.up_blocks) - 1:
+                cache.deep = x
             x = block.up(x, res, fr, size=skips[-1].shape[2:] if i < len(self.up_blocks) - 1 else None)
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         return rearrange(x, "(b f) c h w -> b c f h w", f=f)
