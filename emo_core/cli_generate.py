@@ -422,7 +422,8 @@ def generate(args) -> int:
     print(f"{len(wave) / 16000:.2f} s of audio -> {frames} frames at {args.fps:g} fps, {how}, {args.steps} steps, "
           f"cfg {args.cfg:g}, {size}x{size} on {device}"
           + ("" if (sampler, interval) == ("ddim", None) else f"; sampler {sampler}"
-             + ("" if interval is None else f", guidance at sigmas {interval[0]:g} to {interval[1]:g}")), file=sys.stderr)
+             + ("" if interval is None else f", guidance at sigmas {interval[0]:g} to {interval[1]:g}")),
+          file=sys.stderr)
 
     def progress(info):
         if info["step"] == info["steps"]:

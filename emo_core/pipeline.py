@@ -227,8 +227,8 @@ class EmoPipeline:
             DeepCache(deep_cache)
         if self.cfg.chaining == "context_windows" and (sampler != "ddim" or guidance_interval or deep_cache):
             raise ValueError(f"sampler: this model samples the whole video in context windows, with DDIM over "
-                             f"every timestep's windows; got sampler={sampler!r}, guidance_interval={guidance_interval}, "
-                             f"deep_cache={deep_cache}")
+                             f"every timestep's windows; got sampler={sampler!r}, "
+                             f"guidance_interval={guidance_interval}, deep_cache={deep_cache}")
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)

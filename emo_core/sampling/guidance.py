@@ -1,4 +1,5 @@
-"""Classifier-free guidance over the backbone, with both halves in one batched forward.
+"""Classifier-free guidance over the backbone, with both halves in one batched forward, at
+every step (``guided_batched``) or on an interval of noise levels (``guided_on_interval``).
 
 The unconditional half drops what Hallo drops: the reference (its self-attention sees only
 its own tokens), the audio tokens (zeros after projection), the face-locator features (zeros)
