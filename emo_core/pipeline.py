@@ -141,8 +141,8 @@ class EmoPipeline:
                     speed: torch.Tensor | None = None, steps: int = 40, guidance: float = 3.5,
                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                     callback: Callable | None = None, sampler: str = "ddim",
-                    guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None
-                    ) -> torch.Tensor:
+                    guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
+                    interval: Callable | None = None, sample_fn: Callable | None = None) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
@@ -150,10 +150,15 @@ class EmoPipeline:
         (``sample_ddim``) or one of ``samplers.SAMPLERS`` over the model's own timesteps;
         ``guidance_interval`` (lo, hi): guidance only at sigmas in [lo, hi] (``samplers.sigma_interval``);
         ``deep_cache`` N: a full UNet forward every N steps, the shallow branch in between (``DeepCache``).
+        ``interval(t) -> bool``: guidance only at those timesteps (instead of ``guidance_interval``).
+        ``sample_fn(model_fn, noise, callback) -> latents``: an outside sampler (ComfyUI's, see
+        ``sampling.discrete``) run on the guided ``model_fn(x_t, t)`` from this clip's unit noise
+        instead of ``sampler``; ``steps`` is then unused.
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
-        interval = None if guidance_interval is None else sigma_interval(self.schedule, *guidance_interval)
+        if guidance_interval is not None:
+            interval = sigma_interval(self.schedule, *guidance_interval)
         f = audio_windows.shape[0]
         if audio_windows.ndim != 4:
             raise ValueError(f"sample_clip takes the clip's windows [f, window, blocks, size]; got "
@@ -179,6 +184,8 @@ class EmoPipeline:
             h, w = ref.latent.shape[-2:]
             noise = torch.randn((1, self.cfg.unet.in_channels, f, h, w), generator=generator,
                                 device=generator.device if generator is not None else "cpu")
+        if sample_fn is not None:
+            return sample_fn(model_fn, noise.to(self.device, state), callback)
         if sampler != "ddim":
             return self._sample_sigmas(sampler, model_fn, noise.to(self.device, state), steps, callback)
         step_cb = None if callback is None else (
@@ -212,20 +219,22 @@ class EmoPipeline:
                  region_masks=None, region_weights=None, speed: torch.Tensor | None = None, steps: int = 40,
                  guidance: float = 3.5, seed: int = 0, motion_start: str = "reference",
                  callback: Callable | None = None, num_frames: int | None = None, sampler: str = "ddim",
-                 guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None
-                 ) -> Iterator[torch.Tensor]:
+                 guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
+                 interval: Callable | None = None, sample_fn: Callable | None = None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
         whole video or [T, H, W] per frame (each clip uses the union of its frames' masks, as EMO).
-        speed: [T] degrees per frame. ``sampler``, ``guidance_interval``, ``deep_cache``: as ``sample_clip``."""
+        speed: [T] degrees per frame. ``sampler``, ``guidance_interval``, ``deep_cache``, ``interval``,
+        ``sample_fn``: as ``sample_clip``."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         sampler = check_sampler(sampler)
         if guidance_interval is not None:
             sigma_interval(self.schedule, *guidance_interval)  # checked before the first clip
         if deep_cache is not None:
             DeepCache(deep_cache)
-        if self.cfg.chaining == "context_windows" and (sampler != "ddim" or guidance_interval or deep_cache):
+        if self.cfg.chaining == "context_windows" and (sampler != "ddim" or guidance_interval or deep_cache
+                                                       or interval or sample_fn):
             raise ValueError(f"sampler: this model samples the whole video in context windows, with DDIM over "
                              f"every timestep's windows; got sampler={sampler!r}, "
                              f"guidance_interval={guidance_interval}, deep_cache={deep_cache}")
@@ -262,7 +271,8 @@ class EmoPipeline:
             latents = self.sample_clip(ref, self.clip_windows(windows, frames), motion_latents, face_mask=mask,
                                        region_masks=region_masks, region_weights=region_weights, speed=clip_speed,
                                        steps=steps, guidance=guidance, generator=generator, callback=cb,
-                                       sampler=sampler, guidance_interval=guidance_interval, deep_cache=deep_cache)
+                                       sampler=sampler, guidance_interval=guidance_interval, deep_cache=deep_cache,
+                                       interval=interval, sample_fn=sample_fn)
             return self.decode(latents)
 
         with _release_memory(self.device):

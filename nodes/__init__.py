@@ -4,11 +4,11 @@ Importing this is cheap: no model is built, nothing is downloaded, and ComfyUI m
 only imported inside node functions (see comfy_env.py), so the pack also imports without
 ComfyUI. Custom types are documented in types.py.
 """
-from . import audio, chain, evaluate, face_mask, loader, paste, reference, sampler, speed
+from . import audio, chain, evaluate, face_mask, guider, loader, paste, reference, sampler, speed
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (loader, audio, reference, face_mask, speed, sampler, chain, paste, evaluate):
+for _module in (loader, audio, reference, face_mask, speed, sampler, guider, chain, paste, evaluate):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 del _module

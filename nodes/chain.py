@@ -47,11 +47,17 @@ class EmoGenerate:
                     "default": "all", "tooltip": "all: IMAGE holds every frame; last: IMAGE holds only the last frame "
                                                  "(long videos: use the VIDEO output, which is streamed to disk)"}),
             },
-            "optional": dict(CONDITIONING_INPUTS),
+            "optional": {
+                **CONDITIONING_INPUTS,
+                "sampler": ("SAMPLER", {"tooltip": "optional core SAMPLER (KSamplerSelect: euler, dpmpp_2m, ...): with "
+                                                   "'sigmas', every clip is sampled by it (steps is then unused); "
+                                                   "without: DDIM"}),
+                "sigmas": ("SIGMAS", {"tooltip": "optional noise levels for 'sampler' (EMO Scheduler)"}),
+            },
         }
 
     def generate(self, emo_model, reference, emo_audio, audio, steps, cfg, seed, motion_start="reference",
-                 keep_frames="all", face_mask=None, regions=None, speed=None):
+                 keep_frames="all", face_mask=None, regions=None, speed=None, sampler=None, sigmas=None):
         import uuid
 
         import torch
@@ -84,6 +90,17 @@ class EmoGenerate:
             raise EmoNodeError(f"cannot write the video to ComfyUI's temp folder: {exc}") from None
         # context-window models (EchoMimic) denoise the whole video at once: one pass of `steps`
         windowed = emo_model.cfg.chaining == "context_windows"
+        sample_fn = None
+        if (sampler is None) != (sigmas is None):
+            raise EmoNodeError("connect both 'sampler' and 'sigmas' (core's custom sampling), or neither (DDIM)")
+        if sampler is not None:
+            from .guider import check_sigmas, core_sample_fn
+
+            if windowed:
+                raise EmoNodeError(f"{emo_model.name} samples the whole video in context windows with DDIM: "
+                                   "disconnect 'sampler' and 'sigmas'")
+            steps = check_sigmas(sigmas).shape[0] - 1
+            sample_fn = core_sample_fn(sampler, sigmas, emo_model.pipe.schedule, cfg=cfg, seed=seed)
         progress = StepProgress(steps, 1 if windowed else math.ceil(total / emo_model.cfg.clip_frames))
         kept = []
         last = None
@@ -93,7 +110,7 @@ class EmoGenerate:
                 for clip in pipe.generate(state, emo_audio["windows"], face_mask=mask,
                                           region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
-                                          callback=progress, num_frames=total):
+                                          callback=progress, num_frames=total, sample_fn=sample_fn):
                     clip = clip.float().cpu()
                     if clip.shape[0] == 0:
                         continue

@@ -35,23 +35,43 @@ class EmoSampleClip:
                speed=None, motion_frames=None):
         import torch
 
-        from emo_core.chaining import plan_clips
-        from emo_core.windows import take_padded
-
-        from emo_core import checks
-
-        from .common import (EmoNodeError, StepProgress, check_model, face_mask_for, regions_for, sampling_widgets,
-                             speed_for, widget)
+        from .common import StepProgress, sampling_widgets
         from .comfy_env import soft_empty_cache
 
         steps, cfg, seed = sampling_widgets(steps, cfg, seed)
+        clip = ClipInputs(emo_model, reference, emo_audio, clip_index, face_mask, regions, speed, motion_frames)
+        progress = StepProgress(steps, 1)
+        try:
+            with emo_model.loaded() as pipe:
+                latents = clip.sample(pipe, steps=steps, guidance=cfg, generator=torch.Generator().manual_seed(seed),
+                                      callback=progress)
+                latents = latents.float().cpu()
+        finally:
+            soft_empty_cache()
+        return ({"samples": latents, "emo_clip": clip.info()}, clip.clips)
+
+
+class ClipInputs:
+    """One clip's inputs, checked (no model run): the frames of ``clip_index``, its motion frames,
+    face mask, regions and speed. Shared by EMO Sample Clip and EMO Guider."""
+
+    def __init__(self, emo_model, reference, emo_audio, clip_index, face_mask=None, regions=None, speed=None,
+                 motion_frames=None):
+        import torch
+
+        from emo_core import checks
+        from emo_core.chaining import plan_clips
+        from emo_core.windows import take_padded
+
+        from .common import EmoNodeError, check_model, face_mask_for, regions_for, speed_for, widget
+
         clip_index = widget("clip_index", lambda v, name: checks.integer(v, name, low=0), clip_index)
         check_model(emo_model, reference, emo_audio)
         cfgm = emo_model.cfg
         if cfgm.chaining == "context_windows":
             raise EmoNodeError(f"{emo_model.name} ({cfgm.family}) samples the whole video as one latent sequence with "
                                "overlapping context windows, not clip by clip: use EMO Generate (whole audio) instead "
-                               "of EMO Sample Clip")
+                               "of EMO Sample Clip / EMO Guider")
         total, size = emo_audio["frames"], reference["size"]
         plan = plan_clips(total, cfgm.clip_frames)
         if clip_index >= len(plan):
@@ -72,24 +92,31 @@ class EmoSampleClip:
                 pad = motion_pixels[:1].expand(n - motion_pixels.shape[0], -1, -1, -1)
                 motion_pixels = torch.cat([pad, motion_pixels])
         mask = face_mask_for(face_mask, total, size)
-        clip_mask = mask if mask is None or mask.ndim == 2 else take_padded(mask, frames).amax(0)
         sp = speed_for(speed, total, emo_audio["fps"])
-        progress = StepProgress(steps, 1)
-        try:
-            with emo_model.loaded() as pipe:
-                state = reference["state"].to(pipe.device)
-                motion_latents = None if motion_pixels is None else pipe.vae.encode_images(motion_pixels)
-                latents = pipe.sample_clip(
-                    state, pipe.clip_windows(emo_audio["windows"], frames), motion_latents, face_mask=clip_mask,
-                    region_masks=regions_for(emo_model, regions, mask, size),
-                    speed=None if sp is None else take_padded(sp, frames), steps=steps, guidance=cfg,
-                    generator=torch.Generator().manual_seed(seed), callback=progress)
-                latents = latents.float().cpu()
-        finally:
-            soft_empty_cache()
-        valid = max(0, min(cfgm.clip_frames, total - frames.start))
-        return ({"samples": latents, "emo_clip": {"index": clip_index, "start": frames.start, "frames": valid,
-                                                  "total": total}}, len(plan))
+        self.emo_model, self.reference, self.emo_audio = emo_model, reference, emo_audio
+        self.index, self.frames, self.total, self.clips = clip_index, frames, total, len(plan)
+        self.motion_pixels = motion_pixels
+        self.mask = mask if mask is None or mask.ndim == 2 else take_padded(mask, frames).amax(0)
+        self.regions = regions_for(emo_model, regions, mask, size)
+        self.speed = None if sp is None else take_padded(sp, frames)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """The clip's latent in core's layout: [frames, 4, h, w]."""
+        h, w = self.reference["state"].latent.shape[-2:]
+        return (len(self.frames), self.emo_model.cfg.unet.in_channels, h, w)
+
+    def info(self) -> dict:
+        valid = max(0, min(self.emo_model.cfg.clip_frames, self.total - self.frames.start))
+        return {"index": self.index, "start": self.frames.start, "frames": valid, "total": self.total}
+
+    def sample(self, pipe, **kwargs):
+        """``pipe.sample_clip`` on this clip (``kwargs``: steps, guidance, generator, noise, callback,
+        interval, sample_fn, ...) -> latents [1, 4, f, h, w]."""
+        state = self.reference["state"].to(pipe.device)
+        motion_latents = None if self.motion_pixels is None else pipe.vae.encode_images(self.motion_pixels)
+        return pipe.sample_clip(state, pipe.clip_windows(self.emo_audio["windows"], self.frames), motion_latents,
+                                face_mask=self.mask, region_masks=self.regions, speed=self.speed, **kwargs)
 
 
 class EmoDecodeClip:
@@ -102,13 +129,19 @@ class EmoDecodeClip:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"emo_model": (EMO_MODEL, {"tooltip": "the model whose VAE decodes the clip"}),
-                             "latent": ("LATENT", {"tooltip": "one clip from EMO Sample Clip"})}}
+                             "latent": ("LATENT", {"tooltip": "one clip from EMO Sample Clip, or from "
+                                                             "SamplerCustomAdvanced with EMO Guider (core layout: "
+                                                             "frames in the batch)"})}}
 
     def decode(self, emo_model, latent):
+        from .model import SD15_SCALE
+
         samples = latent["samples"]
+        if samples.ndim == 4 and samples.shape[1] == 4:  # core's layout: frames in the batch, unscaled
+            samples = (samples * SD15_SCALE).transpose(0, 1)[None]
         if samples.ndim != 5 or samples.shape[1] != 4:
-            raise ValueError(f"expected an EMO clip latent [1, 4, f, h, w]; got {tuple(samples.shape)} "
-                             "(use EMO Sample Clip's output)")
+            raise ValueError(f"expected an EMO clip latent [1, 4, f, h, w] or core's [f, 4, h, w]; got "
+                             f"{tuple(samples.shape)} (use EMO Sample Clip's or SamplerCustomAdvanced's output)")
         with emo_model.loaded() as pipe:
             frames = pipe.decode(samples.to(pipe.device, pipe.dtype)).float().cpu()
         keep = latent.get("emo_clip", {}).get("frames", frames.shape[0])

@@ -7,6 +7,12 @@ FACE_LANDMARKS (core's MediaPipe Face Landmarker output: {"frames": [[face_dict]
 "image_size": (H, W), ...}, face_dict with bbox_xyxy, landmarks_xy, landmarks_3d,
 transformation_matrix); AUDIO_ENCODER_OUTPUT (core's AudioEncoderEncode output:
 {"encoded_audio", "encoded_audio_all_layers": tuple of [B, T50, C], "audio_samples"}).
+Core's custom sampling (``comfy_extras/nodes_custom_sampler.py``): SAMPLER (``comfy.samplers.KSAMPLER``),
+SIGMAS (1-D float32 tensor of noise levels, ending at 0), NOISE (``generate_noise(latent)``, ``seed``);
+EMO Guider's GUIDER is ``nodes.guider.EmoGuiderObject`` (``sample(noise, latent_image, sampler,
+sigmas, denoise_mask, callback, disable_pbar, seed)`` and a ``model_patcher`` with the SD1.5 latent
+format, as SamplerCustomAdvanced needs); its LATENT is core's: {"samples": [frames, 4, h, w]
+unscaled SD1.5 latents, "emo_clip": {...}}.
 
 EMO_MODEL      ``nodes.model.EmoModel``: the EmoPipeline (network, VAE, DDIM schedule) kept on
                the offload device and loaded through a ModelPatcher when a node runs, plus

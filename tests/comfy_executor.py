@@ -13,8 +13,11 @@
   seed; extra upload widgets are ignored).
 
 Core nodes used by the workflows (LoadImage, LoadAudio, LoadVideo, GetVideoComponents,
-CreateVideo, SaveVideo, ImageScale, ImageFlip, TrimAudioDuration) are stood in for by the
-small classes below, with the same inputs and outputs as ComfyUI's.
+CreateVideo, SaveVideo, ImageScale, ImageFlip, TrimAudioDuration, and custom sampling's
+KSamplerSelect, RandomNoise, SamplerCustomAdvanced) are stood in for by the small classes below,
+with the same inputs and outputs as ComfyUI's. The SAMPLER stand-in is core's ``KSAMPLER.sample``
+(noise scaling, ``model_wrap(x, sigma * s_in, **extra_args)``, callback) with k-diffusion's
+``sample_euler`` / ``sample_dpmpp_2m`` written out.
 """
 from __future__ import annotations
 
@@ -222,8 +225,100 @@ class GetVideoComponents:
         return (c["images"], c["audio"], float(c["frame_rate"]), 8, "sRGB")
 
 
+# custom sampling (comfy_extras/nodes_custom_sampler.py, comfy/samplers.py KSAMPLER, k_diffusion)
+class _KSampler:
+    def __init__(self, name):
+        self.name = name
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        import math
+
+        ms = model_wrap.inner_model.model_sampling
+        max_sigma, sigma = float(ms.sigma_max), float(sigmas[0])
+        max_denoise = math.isclose(max_sigma, sigma, rel_tol=1e-05) or sigma > max_sigma
+        x = ms.noise_scaling(sigmas[0], noise, latent_image, max_denoise)
+        s_in = x.new_ones([x.shape[0]])
+        old = None
+        for i in range(len(sigmas) - 1):
+            denoised = model_wrap(x, sigmas[i] * s_in, **extra_args)
+            if callback is not None:
+                callback(i, denoised, x, len(sigmas) - 1)
+            if self.name == "euler":
+                x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+                continue
+            t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = t_next - t
+            d = denoised
+            if old is not None and sigmas[i + 1] != 0:
+                r = (t - (-sigmas[i - 1].log())) / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * d
+            old = denoised
+        return ms.inverse_noise_scaling(sigmas[-1], x)
+
+
+class KSamplerSelect:
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sampler_name": (["euler", "dpmpp_2m"],)}}
+
+    def execute(self, sampler_name):
+        return (_KSampler(sampler_name),)
+
+
+class _RandomNoise:
+    def __init__(self, seed):
+        self.seed = seed
+
+    def generate_noise(self, latent):
+        g = torch.Generator().manual_seed(self.seed)  # core: torch.manual_seed (the global generator)
+        return torch.randn(latent["samples"].size(), dtype=torch.float32, generator=g)
+
+
+class RandomNoise:
+    RETURN_TYPES = ("NOISE",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"noise_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                                    "control_after_generate": True})}}
+
+    def execute(self, noise_seed):
+        return (_RandomNoise(noise_seed),)
+
+
+class SamplerCustomAdvanced:
+    RETURN_TYPES = ("LATENT", "LATENT")
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"noise": ("NOISE",), "guider": ("GUIDER",), "sampler": ("SAMPLER",),
+                             "sigmas": ("SIGMAS",), "latent_image": ("LATENT",)}}
+
+    def execute(self, noise, guider, sampler, sigmas, latent_image):
+        latent = latent_image.copy()
+        x0 = {}
+
+        def callback(step, denoised, x, total):
+            x0["x0"] = denoised
+
+        samples = guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas,
+                                denoise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=True,
+                                seed=noise.seed)
+        out = dict(latent, samples=samples)
+        den = dict(latent, samples=guider.model_patcher.model.process_latent_out(x0["x0"].cpu())) if x0 else out
+        return (out, den)
+
+
 CORE_NODES = {c.__name__: c for c in (LoadImage, LoadAudio, TrimAudioDuration, ImageScale, ImageFlip, CreateVideo,
-                                       SaveVideo, LoadVideo, GetVideoComponents)}
+                                       SaveVideo, LoadVideo, GetVideoComponents, KSamplerSelect, RandomNoise,
+                                       SamplerCustomAdvanced)}
 
 
 # ---------------------------------------------------------------------------- executor

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMFY = os.environ.get("EMO_COMFYUI_DIR")
 PYTHON = os.environ.get("EMO_COMFYUI_PYTHON", sys.executable)
 OUR_NODES = ("EmoModelLoader", "EmoAudioEncode", "EmoReferenceEncode", "EmoFaceMask", "EmoSpeed", "EmoSampleClip",
-             "EmoDecodeClip", "EmoGenerate", "EmoPasteBack", "EmoEvaluate")
+             "EmoDecodeClip", "EmoGenerate", "EmoPasteBack", "EmoEvaluate", "EmoGuider", "EmoScheduler")
 
 pytestmark = pytest.mark.skipif(
     not COMFY or not (Path(COMFY) / "main.py").is_file(),

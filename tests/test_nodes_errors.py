@@ -306,7 +306,7 @@ def test_pack_imports_cheaply_without_comfyui():
             "print(len(nodes.NODE_CLASS_MAPPINGS), heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "10 []"  # nine stage nodes + EMO Paste Back
+    assert out.stdout.strip() == "12 []"  # nine stage nodes + EMO Paste Back + EMO Guider, EMO Scheduler
 
 
 def test_widgets_are_checked_in_the_node_body(comfy, portrait, speech):

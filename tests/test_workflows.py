@@ -62,7 +62,7 @@ def tiny(prompt: dict, family: str = "hallo") -> dict:
             i["model"] = choice
         elif t == "EmoReferenceEncode":
             i["size"] = 64
-        elif t in ("EmoGenerate", "EmoSampleClip"):
+        elif t in ("EmoGenerate", "EmoSampleClip", "EmoScheduler"):
             i["steps"] = 2
     return p
 
@@ -81,7 +81,7 @@ def test_ui_workflow_converts_to_its_api_copy(name, node_classes, dirs):
     # only core nodes besides ours
     ours = set(node_classes)
     core = {"LoadImage", "LoadAudio", "LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo", "ImageScale",
-            "ImageFlip", "TrimAudioDuration"}
+            "ImageFlip", "TrimAudioDuration", "KSamplerSelect", "RandomNoise", "SamplerCustomAdvanced"}
     assert {n["class_type"] for n in api.values()} <= ours | core
     # every link in the UI file points at real nodes and slots
     ids = {n["id"]: n for n in ui["nodes"]}
@@ -105,6 +105,8 @@ def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs, face_mirr
     prompt = load_json(REPO / "workflows" / "api" / f"{name}.json")
     family = family_of(prompt)
     result = Executor(node_classes, inp, out).run(tiny(prompt, family))
+    if not any(n["class_type"] == "EmoGenerate" for n in prompt.values()):
+        return check_custom_sampling(prompt, result, out)
     gen_id = next(k for k, n in prompt.items() if n["class_type"] == "EmoGenerate")
     images, audio, video, fps = result["outputs"][gen_id]
     # the audio the generator got, after any core node that edited it
@@ -137,6 +139,23 @@ def test_api_workflow_runs_with_tiny_weights(name, node_classes, dirs, face_mirr
     if name == "emo_in_larger_graph":
         assert seconds == pytest.approx(2.5, abs=1e-3)
         assert len(load_audio(inp / "speech.wav")) / 16000 > 3.0
+
+
+def check_custom_sampling(prompt, result, out):
+    """emo_custom_sampling: one clip through SamplerCustomAdvanced + EMO Guider, decoded and saved."""
+    from emo_core.video_out import probe
+
+    of = lambda t: next(k for k, n in prompt.items() if n["class_type"] == t)
+    guider, latent, clips = result["outputs"][of("EmoGuider")]
+    sampled, denoised = result["outputs"][of("SamplerCustomAdvanced")]
+    f = latent["samples"].shape[0]
+    assert latent["samples"].shape == (f, 4, 8, 8) and clips >= 1  # core's layout: frames in the batch, 64 px
+    assert sampled["samples"].shape == latent["samples"].shape and torch.isfinite(sampled["samples"]).all()
+    assert denoised["samples"].shape == latent["samples"].shape
+    (images,) = result["outputs"][of("EmoDecodeClip")]
+    assert images.shape == (f, 64, 64, 3) and 0.0 <= images.min() and images.max() <= 1.0
+    saved = [Path(v) for ui in result["ui"].values() if ui for v in ui.get("videos", [])]
+    assert len(saved) == 1 and probe(saved[0])["video_frames"] == f and probe(saved[0])["audio_codec"] == "aac"
 
 
 def test_validation_reports_bad_wiring(node_classes, dirs):

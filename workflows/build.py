@@ -31,6 +31,9 @@ CORE = {
     "ImageFlip": (["flip_method"], [("IMAGE", "IMAGE")]),
     "CreateVideo": (["fps", "bit_depth"], [("VIDEO", "VIDEO")]),
     "SaveVideo": (["filename_prefix", "format", "format.codec"], [("video", "VIDEO")]),
+    "KSamplerSelect": (["sampler_name"], [("SAMPLER", "SAMPLER")]),
+    "RandomNoise": (["noise_seed", "__control"], [("NOISE", "NOISE")]),
+    "SamplerCustomAdvanced": ([], [("output", "LATENT"), ("denoised_output", "LATENT")]),
 }
 UPLOAD_VALUE = {"LoadImage": "image", "LoadVideo": "video"}
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
@@ -93,6 +96,8 @@ COLUMNS = {
     "emo_driving_video_speed": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 10: 1, 6: 2, 11: 2, 12: 3, 7: 4, 8: 5, 9: 5},
     "emo_in_larger_graph": {1: 0, 2: 0, 3: 0, 13: 1, 14: 1, 15: 1, 4: 2, 5: 2, 6: 3, 7: 4, 8: 5, 9: 5},
     "echomimic_accelerated": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 2, 7: 3, 8: 4, 9: 4},
+    "emo_custom_sampling": {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 15: 1, 6: 2, 10: 2, 11: 2, 12: 2, 7: 3, 13: 4, 14: 4,
+                            8: 5, 9: 5},
 }
 
 
@@ -156,6 +161,27 @@ def echomimic_accelerated():
     ]
 
 
+def custom_sampling():
+    """One clip through core's custom sampling: EMO Guider (the clip's conditioning) + core's
+    SamplerCustomAdvanced, KSamplerSelect (dpmpp_2m) and RandomNoise + EMO Scheduler's SIGMAS
+    (the model's own timesteps), decoded by EMO Decode Clip; the audio trimmed to the clip."""
+    graph = _common("speech.wav")[:6]
+    return graph + [
+        (7, "EmoGuider", {"clip_index": 0, "cfg": 3.5, "guidance_start": 0.0, "guidance_end": 1.0},
+         {"emo_model": (1, 0), "reference": (4, 0), "emo_audio": (5, 0), "face_mask": (6, 0), "regions": (6, 1)}),
+        (10, "EmoScheduler", {"scheduler": "emo", "steps": 20, "denoise": 1.0}, {"emo_model": (1, 0)}),
+        (11, "KSamplerSelect", {"sampler_name": "dpmpp_2m"}, {}),
+        (12, "RandomNoise", {"noise_seed": 42}, {}),
+        (13, "SamplerCustomAdvanced", {}, {"noise": (12, 0), "guider": (7, 0), "sampler": (11, 0), "sigmas": (10, 0),
+                                           "latent_image": (7, 1)}),
+        (14, "EmoDecodeClip", {}, {"emo_model": (1, 0), "latent": (13, 0)}),
+        (15, "TrimAudioDuration", {"start_index": 0.0, "duration": 0.64}, {"audio": (3, 0)}),
+        (8, "CreateVideo", {"fps": 25.0, "bit_depth": 8}, {"images": (14, 0), "audio": (15, 0)}),
+        (9, "SaveVideo", {"filename_prefix": "emo/custom_sampling", "format": "auto", "format.codec": "auto"},
+         {"video": (8, 0)}),
+    ]
+
+
 WORKFLOWS = {
     "emo_basic_talking": (basic, "A portrait and a speech clip -> talking video (Create Video + Save Video)."),
     "emo_long_singing": (long_singing, "A whole song, clip after clip; frames are streamed to disk (VIDEO -> Save Video)."),
@@ -163,6 +189,8 @@ WORKFLOWS = {
     "emo_in_larger_graph": (larger_graph, "The portrait is scaled and mirrored, the audio trimmed, by core nodes first."),
     "echomimic_accelerated": (echomimic_accelerated, "EchoMimic's accelerated model: whisper audio, context windows, "
                                                      "6 steps without guidance (cfg 1)."),
+    "emo_custom_sampling": (custom_sampling, "One clip (16 frames) sampled by core's SamplerCustomAdvanced with the "
+                                             "EMO Guider, dpmpp_2m and EMO Scheduler's sigmas (20 steps)."),
 }
 
 

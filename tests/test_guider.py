@@ -1,0 +1,196 @@
+"""Core's sigma convention for an EMO schedule (emo_core.sampling.discrete), the EMO Guider's
+model_wrap under core's sampler interface, DDIM through core's Euler, and the nodes (EMO
+Guider, EMO Scheduler, EMO Generate with SAMPLER + SIGMAS) with tiny weights, without ComfyUI."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+from comfy_executor import _KSampler
+from emo_core.sampling import samplers as S
+from emo_core.sampling.ddim import Schedule, sample_ddim
+from emo_core.sampling.discrete import (ZSNR_TERMINAL_SIGMA, ModelSampling, SigmaDenoiser, core_model_sigmas,
+                                        percent_interval)
+from nodes.guider import CoreModelWrap, core_sample_fn
+
+SCHEDULES = {
+    "hallo": Schedule.hallo(),  # v prediction, zero terminal SNR, trailing
+    "sd": Schedule(),  # epsilon, leading
+    "x0": Schedule(prediction_type="sample", rescale_betas_zero_snr=True, timestep_spacing="trailing"),
+}
+
+
+def random_model():
+    w = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.5
+    return lambda x, t: (torch.tanh(torch.einsum("ij,bj...->bi...", w, x.double()) + t / 500.0) * 0.8).to(x.dtype)
+
+
+def unit_noise(shape=(1, 4, 3, 8, 8), seed=0, dtype=torch.float64):
+    return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def test_model_sampling_follows_cores_zero_snr_convention():
+    ms = ModelSampling(Schedule.hallo())
+    # core's rescale_zero_terminal_snr_sigmas: alpha_bar of the last timestep 4.8973451890853435e-08
+    assert float(ms.sigma_max) == pytest.approx(ZSNR_TERMINAL_SIGMA, rel=1e-6) and 4518 < ZSNR_TERMINAL_SIGMA < 4519
+    table = S.sigma_table(Schedule.hallo())
+    assert torch.allclose(ms.sigmas[:-1].double(), table[:-1], rtol=1e-6)
+    assert int(ms.timestep(ms.sigma_max.reshape(1))) == 999 and int(ms.timestep(ms.sigmas[500].reshape(1))) == 500
+    assert ms.percent_to_sigma(0.0) > ms.sigma_max and ms.percent_to_sigma(1.0) == 0.0
+    sig = core_model_sigmas(Schedule.hallo(), 40)
+    assert sig.dtype == torch.float32 and len(sig) == 41 and float(sig[0]) == pytest.approx(ZSNR_TERMINAL_SIGMA)
+    assert float(sig[-1]) == 0.0 and torch.all(sig[:-1] > sig[1:])
+    # max_denoise noise scaling: the network's input at the terminal sigma is the unit noise itself
+    n = unit_noise(dtype=torch.float32)
+    x = ms.noise_scaling(sig[0], n, torch.zeros_like(n), max_denoise=True)
+    assert torch.allclose(ms.calculate_input(sig[0], x), n, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_sigma_denoiser_is_the_librarys_denoiser(name):
+    schedule, model = SCHEDULES[name], random_model()
+    ours, lib = SigmaDenoiser(model, schedule), S.Denoiser(model, schedule)
+    table = S.sigma_table(schedule)
+    x = unit_noise()
+    for t in (0, 1, 250, 674, 998):  # training timesteps: the same timestep and alpha_bar
+        s = float(table[t])
+        assert ours.timestep(s) == t
+        assert torch.allclose(ours(x * s, s), lib(x * s, s), rtol=1e-12, atol=1e-12)
+        # a float32 SIGMAS entry of that timestep maps to it too
+        assert ours.timestep(float(torch.tensor(s, dtype=torch.float32))) == t
+    s = math.exp(0.5 * (math.log(float(table[300])) + math.log(float(table[301]))))  # between two timesteps
+    assert ours.timestep(s) == pytest.approx(300.5, abs=1e-9)
+    assert torch.allclose(ours(x * s, s), lib(x * s, s), rtol=1e-12, atol=1e-12)
+    if schedule.rescale_betas_zero_snr:  # core's terminal sigma is the library's inf
+        big = ZSNR_TERMINAL_SIGMA
+        state = x * math.sqrt(1 + big * big)
+        assert torch.allclose(ours(state, big), lib(x, math.inf), rtol=1e-9, atol=1e-9)
+        assert ours.timestep(big) == 999
+
+
+@pytest.mark.parametrize("name,steps", [("hallo", 40), ("hallo", 20), ("hallo", 10), ("sd", 40), ("x0", 20)])
+def test_ddim_through_cores_euler_and_the_guider_wrap_is_sample_ddim(name, steps):
+    """Core's KSAMPLER + k-diffusion Euler (the executor's stand-in, written as core's code) with
+    the EMO model_wrap over core_model_sigmas gives sample_ddim's result: float32 rounding, and
+    at zero terminal SNR the first step's x0 * sigma_next / 4518.8 term. SD's leading spacing
+    starts below sigma_max (t = 976), where core starts from noise * sigma, DDIM from
+    noise * sqrt(1 + sigma^2): 0.3 % apart."""
+    schedule, model = SCHEDULES[name], random_model()
+    n5 = unit_noise()
+    ref = sample_ddim(model, n5, schedule, steps)
+    wrap = CoreModelWrap(model, schedule, torch.device("cpu"))
+    noise = n5[0].transpose(0, 1).float()  # core's layout: frames in the batch
+    out = _KSampler("euler").sample(wrap, core_model_sigmas(schedule, steps), {}, None, noise, torch.zeros_like(noise))
+    got = out.double().transpose(0, 1)[None]
+    err = (got - ref).abs().max().item() / ref.abs().max().item()
+    assert err < (2e-3 if name != "sd" else 5e-3), err
+
+
+def test_core_sample_fn_returns_the_network_space_latents_and_reports_steps():
+    schedule, model = Schedule.hallo(), random_model()
+    steps, seen = 10, []
+    fn = core_sample_fn(_KSampler("dpmpp_2m"), core_model_sigmas(schedule, steps), schedule)
+    out = fn(model, unit_noise(dtype=torch.float32), seen.append)
+    assert out.shape == (1, 4, 3, 8, 8) and torch.isfinite(out).all()
+    assert [s["step"] for s in seen] == list(range(1, steps + 1)) and seen[-1]["steps"] == steps
+
+
+def test_guidance_interval_in_cores_percent_convention():
+    schedule = Schedule.hallo()
+    assert percent_interval(schedule, 0.0, 1.0) is None
+    inside = percent_interval(schedule, 0.0, 0.5)
+    assert inside(999) and inside(600) and not inside(300) and not inside(0)
+    late = percent_interval(schedule, 0.5, 1.0)
+    assert not late(999) and late(300) and late(0)
+    with pytest.raises(ValueError):
+        percent_interval(schedule, 0.6, 0.2)
+
+
+# ---- nodes, tiny weights -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_inputs():
+    from nodes.loader import EmoModelLoader, TINY_FAMILIES
+
+    choice = {f: c for c, f in TINY_FAMILIES.items()}["hallo"]
+    (emo_model,) = EmoModelLoader().load(choice, "float32", False)[:1]
+    pipe = emo_model.pipe
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    from nodes.reference import EmoReferenceEncode
+    from nodes.audio import EmoAudioEncode
+
+    reference = EmoReferenceEncode().encode(emo_model, image, 64, "center")[0]
+    wave = torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(1)) * 0.1
+    audio = {"waveform": wave, "sample_rate": 16000}
+    emo_audio = EmoAudioEncode().encode(emo_model, 25.0, audio=audio)[0]
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    return emo_model, reference, emo_audio, audio, mask, pipe
+
+
+def test_emo_guider_under_cores_sampler_interface(tiny_inputs):
+    from comfy_executor import RandomNoise, SamplerCustomAdvanced
+    from nodes.guider import EmoGuider, EmoScheduler
+    from nodes.sampler import EmoDecodeClip
+
+    emo_model, reference, emo_audio, _audio, mask, _pipe = tiny_inputs
+    guider, latent, clips = EmoGuider().guider(emo_model, reference, emo_audio, 0, 2.0, face_mask=mask,
+                                               guidance_start=0.0, guidance_end=0.6)
+    f = emo_model.cfg.clip_frames
+    assert latent["samples"].shape == (f, 4, 8, 8) and clips >= 1
+    (sigmas,) = EmoScheduler().sigmas(emo_model, "emo", 4, 1.0)
+    assert torch.equal(sigmas, core_model_sigmas(emo_model.pipe.schedule, 4))
+    (partial,) = EmoScheduler().sigmas(emo_model, "emo", 4, 0.5)
+    assert len(partial) == 5 and float(partial[0]) < float(sigmas[0])
+    (noise,) = RandomNoise().execute(3)
+    out, den = SamplerCustomAdvanced().execute(noise, guider, _KSampler("euler"), sigmas, latent)
+    assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
+    (images,) = EmoDecodeClip().decode(emo_model, out)
+    assert images.shape == (f, 64, 64, 3)
+    with pytest.raises(ValueError, match="latent must be this clip"):
+        guider.sample(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), _KSampler("euler"), sigmas)
+
+
+def test_emo_generate_with_core_sampler_is_ddim_with_euler_over_emo_sigmas(tiny_inputs, tmp_path, monkeypatch):
+    """EMO Generate with SAMPLER (euler) + SIGMAS ('emo') chains clips through core's sampler
+    interface; the same noise is drawn per clip, so the frames are DDIM's but for core's start:
+    the tiny model's schedule is SD's (leading: t = 751 first, below sigma_max), where core starts
+    from noise * sigma and DDIM from noise * sqrt(1 + sigma^2) (3 % apart at sigma 4.1)."""
+    from nodes.chain import EmoGenerate
+    from nodes.guider import EmoScheduler
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    emo_model, reference, emo_audio, audio, mask, _pipe = tiny_inputs
+    ddim = EmoGenerate().generate(emo_model, reference, emo_audio, audio, 4, 2.0, 7, face_mask=mask)[0]
+    (sigmas,) = EmoScheduler().sigmas(emo_model, "emo", 4, 1.0)
+    core = EmoGenerate().generate(emo_model, reference, emo_audio, audio, 40, 2.0, 7, face_mask=mask,
+                                  sampler=_KSampler("euler"), sigmas=sigmas)[0]
+    assert core.shape == ddim.shape and ddim.shape[0] == emo_audio["frames"]
+    assert (core - ddim).abs().max() < 5e-2 and (core - ddim).abs().mean() < 5e-3
+    with pytest.raises(ValueError, match="both 'sampler' and 'sigmas'"):
+        EmoGenerate().generate(emo_model, reference, emo_audio, audio, 3, 2.0, 7, face_mask=mask,
+                               sampler=_KSampler("euler"))
+
+
+@pytest.mark.skipif(not os.environ.get("EMO_COMFYUI_DIR"), reason="needs a ComfyUI checkout (EMO_COMFYUI_DIR) "
+                    "importable by this Python")
+def test_cores_own_euler_and_schedulers_on_the_emo_schedule():
+    sys.path.insert(0, os.environ["EMO_COMFYUI_DIR"])
+    try:
+        import comfy.samplers
+    except ImportError as exc:
+        pytest.skip(f"ComfyUI does not import here: {exc}")
+    schedule, model = Schedule.hallo(), random_model()
+    n5 = unit_noise()
+    ref = sample_ddim(model, n5, schedule, 20)
+    wrap = CoreModelWrap(model, schedule, torch.device("cpu"))
+    noise = n5[0].transpose(0, 1).float()
+    out = comfy.samplers.sampler_object("euler").sample(wrap, core_model_sigmas(schedule, 20), {}, None, noise,
+                                                        torch.zeros_like(noise))
+    assert (out.double().transpose(0, 1)[None] - ref).abs().max() < 2e-3 * ref.abs().max()
+    for name in comfy.samplers.SCHEDULER_NAMES:
+        sig = comfy.samplers.calculate_sigmas(ModelSampling(schedule), name, 10)
+        assert torch.isfinite(sig).all() and float(sig[-1]) == 0.0, name
