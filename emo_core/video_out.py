@@ -116,7 +116,7 @@ class Mp4Writer:
                 from .preprocess.audio_io import resample
 
                 wave, sr = resample(wave, sr, 48000), 48000
-            self._audio = np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
+            self._audio = wave  # not copied: clipped chunk by chunk as it is written
             self._sr = sr
             self._audio_pos = 0
         self._container = self._vstream = self._astream = None
@@ -195,7 +195,7 @@ class Mp4Writer:
         layout = "mono" if self._audio.shape[0] == 1 else "stereo"
         while self._audio_pos < stop:
             end = min(stop, self._audio_pos + 4096)
-            chunk = np.ascontiguousarray(self._audio[:, self._audio_pos:end])
+            chunk = np.ascontiguousarray(np.clip(self._audio[:, self._audio_pos:end], -1.0, 1.0), dtype=np.float32)
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
             frame.sample_rate = self._sr
             frame.pts = self._audio_pos

@@ -80,8 +80,11 @@ def load_wav2vec(folder, device="cpu", dtype=torch.float32):
 # --------------------------------------------------------------------------- primitives
 def normalize_waveform(wave: np.ndarray) -> np.ndarray:
     """``Wav2Vec2FeatureExtractor`` do_normalize in float32 numpy: (x-mean)/sqrt(var+1e-7)."""
-    x = np.asarray(wave, dtype=np.float32)
-    return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+    x = np.array(wave, dtype=np.float32)  # one copy, normalised in place (long audio stays small)
+    mean, std = x.mean(), np.sqrt(x.var() + 1e-7)
+    x -= mean
+    x /= std
+    return x
 
 
 def _cnn_geometry(config) -> tuple[int, int]:
