@@ -24,8 +24,8 @@ from typing import Callable
 
 import torch
 
-from .ddim import Schedule, predicted_x0_and_eps
-from .samplers import karras_sigmas, model_sigmas, sigma_table, sigma_to_t, t_to_sigma
+from .ddim import Schedule
+from .samplers import Denoiser, karras_sigmas, model_sigmas, sigma_table, sigma_to_t, t_to_sigma
 
 ZSNR_TERMINAL_ALPHA_BAR = 4.8973451890853435e-08  # comfy.model_sampling.rescale_zero_terminal_snr_sigmas
 ZSNR_TERMINAL_SIGMA = math.sqrt((1 - ZSNR_TERMINAL_ALPHA_BAR) / ZSNR_TERMINAL_ALPHA_BAR)
@@ -137,8 +137,7 @@ class SigmaDenoiser:
     library's sigma = inf (the network input ``x / sqrt(1 + sigma^2)`` is the noise, alpha_bar 0)."""
 
     def __init__(self, model_fn: Callable, schedule: Schedule):
-        self.model_fn, self.prediction_type = model_fn, schedule.prediction_type
-        self.alphas_cumprod = schedule.alphas_cumprod()
+        self.library = Denoiser(model_fn, schedule)  # the library's denoiser does the math
         self.table = core_sigma_table(schedule)
         self.zsnr = schedule.rescale_betas_zero_snr
         self.last = len(self.table) - 1
@@ -153,19 +152,11 @@ class SigmaDenoiser:
         sigma = float(sigma)
         t = self.timestep(sigma)
         lo, hi = float(self.table[0]), float(self.table[-1])
-        if self.zsnr and (t == self.last or sigma >= hi):
-            if self.prediction_type == "epsilon":
-                raise ValueError("an epsilon-prediction model cannot give x0 at zero SNR")
-            t, abar = self.last, self.alphas_cumprod[self.last]
-            x_t = x / math.sqrt(1.0 + sigma * sigma)
-        elif isinstance(t, int) and lo * (1 - 1e-5) <= sigma <= hi * (1 + 1e-5):
-            abar = self.alphas_cumprod[t]
-            x_t = x * abar ** 0.5
-        else:
-            abar = 1.0 / (1.0 + sigma * sigma)
-            x_t = x * math.sqrt(abar)
-        x0, _ = predicted_x0_and_eps(self.model_fn(x_t, t), x_t, abar, self.prediction_type)
-        return x0
+        if self.zsnr and (t == self.last or sigma >= hi):  # core's clamped terminal sigma: the library's inf
+            return self.library(x / math.sqrt(1.0 + sigma * sigma), math.inf)
+        if isinstance(t, int) and lo * (1 - 1e-5) <= sigma <= hi * (1 + 1e-5):  # a training timestep
+            return self.library(x, float(self.library.table[t]))
+        return self.library(x, sigma)
 
 
 def percent_interval(schedule: Schedule, start: float, end: float) -> Callable[[int | float], bool] | None:
