@@ -12,7 +12,7 @@ sigma), x0 from the library's guided clip denoiser. No ComfyUI import at module 
 """
 from __future__ import annotations
 
-from .types import CATEGORY, CONDITIONING_INPUTS, EMO_MODEL, SOURCE_INPUTS
+from .types import CATEGORY, CLIP_INDEX, CONDITIONING_INPUTS, EMO_MODEL, SOURCE_INPUTS
 
 SCHEDULERS = ["emo", "karras", "exponential", "simple", "sgm_uniform", "normal", "ddim_uniform", "beta",
               "linear_quadratic", "kl_optimal"]
@@ -187,8 +187,7 @@ class EmoGuider:
         return {
             "required": {
                 **SOURCE_INPUTS,
-                "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                       "tooltip": "which clip of the audio to sample (0 = the first; see 'clips')"}),
+                "clip_index": CLIP_INDEX,
                 "cfg": ("FLOAT", {"default": 3.5, "min": 1.0, "max": 20.0, "step": 0.1,
                                   "tooltip": "classifier-free guidance scale (1 = off, one forward per step)"}),
             },

@@ -4,7 +4,7 @@ For hand-built chains: clip k takes the last n decoded frames of clip k-1 as mot
 EMO Generate (chain.py) does the whole audio in one node."""
 from __future__ import annotations
 
-from .types import CATEGORY, CONDITIONING_INPUTS, EMO_MODEL, SAMPLING_WIDGETS, SOURCE_INPUTS
+from .types import CATEGORY, CLIP_INDEX, CONDITIONING_INPUTS, EMO_MODEL, SAMPLING_WIDGETS, SOURCE_INPUTS
 
 
 class EmoSampleClip:
@@ -20,8 +20,7 @@ class EmoSampleClip:
         return {
             "required": {
                 **SOURCE_INPUTS,
-                "clip_index": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                       "tooltip": "which clip of the audio to sample (0 = the first; see 'clips')"}),
+                "clip_index": CLIP_INDEX,
                 **SAMPLING_WIDGETS,
             },
             "optional": {

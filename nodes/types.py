@@ -64,6 +64,8 @@ SOURCE_INPUTS = {
     "emo_audio": (EMO_AUDIO, {"tooltip": "per-frame audio features from EMO Audio Encode (sets the frame count)"}),
 }
 SAMPLING_WIDGETS = {"steps": STEPS, "cfg": CFG, "seed": SEED}
+CLIP_INDEX = ("INT", {"default": 0, "min": 0, "max": 100000,
+                      "tooltip": "which clip of the audio to sample (0 = the first; see 'clips')"})
 CONDITIONING_INPUTS = {
     "face_mask": ("MASK", {"tooltip": "face-locator mask from EMO Face Mask (where the face may move); "
                                       "without it the whole frame"}),
