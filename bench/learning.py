@@ -120,9 +120,10 @@ def measure(cases, imgs, frames: int) -> dict:
 
 @torch.no_grad()
 def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, expand: float, codec=None,
-             steps: int = 20, cfg_scale: float = 2.0, seed: int = 0) -> dict:
+             steps: int = 20, cfg_scale: float = 2.0, seed: int = 0, **sample_kw) -> dict:
     """Generates each case's video clip after clip as EMO does: the first clip's motion frames
-    are copies of the reference, every later clip's are the last ``motion`` generated frames."""
+    are copies of the reference, every later clip's are the last ``motion`` generated frames.
+    ``sample_kw``: ``generate_clip``'s sampler options (sampler, guidance_interval, deep_cache)."""
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask
 
@@ -137,7 +138,7 @@ def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, 
     for k, start in enumerate(range(0, total, frames)):
         audio = torch.stack([window_features(torch.from_numpy(c["features"]), m, start, start + frames) for c in cases])
         gen = generate_clip(net, codec, schedule, ref, mot, mask, audio, speed, frames, steps=steps,
-                            cfg_scale=cfg_scale, seed=seed + k)
+                            cfg_scale=cfg_scale, seed=seed + k, **sample_kw)
         out.append(gen)
         if motion:
             mot = gen[:, -motion:]

@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None,
                    help="ddim (default), euler, dpmpp_2m or unipc, over the model's own timesteps (emo_core.sampling)")
     p.add_argument("--preset", default=None,
-                   help="quality: ddim, 40 steps, cfg 3.5; fast: dpmpp_2m, 12 steps, cfg 3.5 only at sigmas 0.28 to "
+                   help="quality: ddim, 40 steps, cfg 3.5; fast: dpmpp_2m, 10 steps, cfg 3.5 only at sigmas 0.28 to "
                         "5.42 (emo_core/sampling/presets.py); --steps, --cfg and --sampler override its values")
     p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2^64-1")
     p.add_argument("--speed", type=float, default=None,

@@ -31,10 +31,12 @@ from ..checkpoints import FORMAT_NAME, WEIGHTS_FILE
 from ..conditioning import build_conditioning
 from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
-from ..models.backbone import Conditioning
+from ..models.backbone import Conditioning, DeepCache
 from ..models.emo import EmoNet
 from ..sampling.ddim import Schedule, sample_ddim, training_target
-from ..sampling.guidance import guided, unconditional
+from ..sampling.guidance import batch_conditions, guided, guided_on_interval, unconditional
+from ..sampling.samplers import check_sampler, sigma_interval
+from ..sampling.samplers import sample as sample_sigmas
 from . import data as D
 from .init import CHECKPOINT_FORMAT, InitError, initialise, read_checkpoint
 from .latents import build_codec
@@ -324,9 +326,11 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tensor, motion: torch.Tensor | None,
                   mask: torch.Tensor, audio: torch.Tensor | None, speed: torch.Tensor | None, frames: int, *,
-                  steps: int = 20, cfg_scale: float = 3.5, seed: int = 0, region_masks=None) -> torch.Tensor:
+                  steps: int = 20, cfg_scale: float = 3.5, seed: int = 0, region_masks=None, sampler: str = "ddim",
+                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None) -> torch.Tensor:
     """Samples one clip with DDIM + CFG, as inference does. reference [b, 3, S, S] and motion
-    [b, n, 3, S, S] pixels in [-1, 1]; returns pixels [b, frames, 3, S, S]."""
+    [b, n, 3, S, S] pixels in [-1, 1]; returns pixels [b, frames, 3, S, S]. ``sampler``,
+    ``guidance_interval`` (sigmas), ``deep_cache``: as ``EmoPipeline.sample_clip``."""
     dev = net.device
     b = reference.shape[0]
     ref_lat = codec.encode(reference.to(dev)).to(net.dtype)
@@ -335,11 +339,17 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
         motion_lat = codec.encode(motion.flatten(0, 1).to(dev)).unflatten(0, motion.shape[:2]).to(net.dtype)
     cond, null_identity = conditioning(net, ref_lat, motion_lat, mask.to(dev), None if audio is None else audio.to(dev),
                                        None if speed is None else speed.to(dev), region_masks=region_masks)
-    model = lambda x, t, c: net(x, t, c)
-    fn = guided(model, cond, null_identity, cfg_scale)
+    cache = None if deep_cache is None else DeepCache(deep_cache)
+    model = lambda x, t, c: net.denoising_unet(x, t, c, cache=cache)
+    if guidance_interval is not None and cfg_scale > 1.0:
+        both = batch_conditions(unconditional(cond, null_identity), cond)
+        fn = guided_on_interval(model, both, cfg_scale, sigma_interval(schedule, *guidance_interval))
+    else:
+        fn = guided(model, cond, null_identity, cfg_scale)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((b, ref_lat.shape[1], frames, *ref_lat.shape[-2:]), generator=g).to(dev, net.dtype)
-    x = sample_ddim(fn, x, schedule, steps)
+    x = sample_ddim(fn, x, schedule, steps) if check_sampler(sampler) == "ddim" else sample_sigmas(
+        sampler, fn, x, schedule, steps)
     out = codec.decode(x.permute(0, 2, 1, 3, 4).flatten(0, 1).float())
     return out.unflatten(0, (b, frames))
 
