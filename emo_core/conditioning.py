@@ -143,17 +143,13 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
         both = batch_conditions(unconditional(cond, ref.null_identity), cond)
         return replace(both, reference=reference)
 
-    if guided and interval is not None:
-        wrap = lambda built: guided_on_interval(model, built, guidance, interval)
-        if ref.features is None:
-            return lambda x, t: wrap(build())(x, t)
-        return wrap(build())
+    def guide(built: Conditioning) -> Callable:
+        if not guided:
+            return lambda x, t: model(x, t, built)
+        if interval is not None:
+            return guided_on_interval(model, built, guidance, interval)
+        return guided_batched(model, built, guidance)
 
     if ref.features is None:  # caching off: the portrait goes through ReferenceNet at every step
-        if guided:
-            return lambda x, t: guided_batched(model, build(), guidance)(x, t)
-        return lambda x, t: model(x, t, build())
-    built = build()
-    if guided:
-        return guided_batched(model, built, guidance)
-    return lambda x, t: model(x, t, built)
+        return lambda x, t: guide(build())(x, t)
+    return guide(build())
