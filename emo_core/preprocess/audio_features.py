@@ -97,17 +97,33 @@ def _cnn_geometry(config) -> tuple[int, int]:
     return field, stride
 
 
-def cnn_features(model, input_values: torch.Tensor, chunk_samples: Optional[int] = None) -> torch.Tensor:
+def waveform_stats(wave: np.ndarray, chunk: int = 1 << 20) -> tuple[float, float]:
+    """(mean, sqrt(var + 1e-7)) of a waveform, the statistics of ``normalize_waveform``,
+    accumulated piece by piece in float64 (no full-length temporary array)."""
+    n = len(wave)
+    mean = sum(float(np.sum(wave[i:i + chunk], dtype=np.float64)) for i in range(0, n, chunk)) / n
+    square = sum(float(np.sum((wave[i:i + chunk].astype(np.float64) - mean) ** 2)) for i in range(0, n, chunk))
+    return mean, math.sqrt(square / n + 1e-7)
+
+
+def _piece(values: torch.Tensor, start: int, stop: int, norm: Optional[tuple[float, float]]) -> torch.Tensor:
+    piece = values[..., start:stop]
+    return piece if norm is None else (piece - norm[0]) / norm[1]
+
+
+def cnn_features(model, input_values: torch.Tensor, chunk_samples: Optional[int] = None,
+                 norm: Optional[tuple[float, float]] = None) -> torch.Tensor:
     """CNN feature encoder output ``[1, tokens, conv_dim]`` (time-major).
 
     With ``chunk_samples`` the waveform is processed in stride-aligned pieces; the
     result equals the whole-clip output (the clip-wide GroupNorm of the first layer uses
-    statistics gathered over the whole clip in a first pass).
+    statistics gathered over the whole clip in a first pass). ``norm`` (mean, std): the raw
+    waveform is normalised piece by piece (long audio is never copied whole).
     """
     fe = model.feature_extractor
     n = input_values.shape[-1]
     if chunk_samples is None or n <= chunk_samples:
-        return fe(input_values).transpose(1, 2)
+        return fe(_piece(input_values, 0, n, norm)).transpose(1, 2)
     field, stride = _cnn_geometry(model.config)
     total = (n - field) // stride + 1
     per_chunk = max(1, (chunk_samples - field) // stride + 1)
@@ -115,12 +131,11 @@ def cnn_features(model, input_values: torch.Tensor, chunk_samples: Optional[int]
     group_norm = first.layer_norm if isinstance(getattr(first, "layer_norm", None), torch.nn.GroupNorm) else None
     stats = None
     if group_norm is not None:
-        stats = _first_layer_stats(first, input_values, chunk_samples)
+        stats = _first_layer_stats(first, input_values, chunk_samples, norm)
     out = []
     for a in range(0, total, per_chunk):
         b = min(total, a + per_chunk)
-        piece = input_values[..., a * stride: (b - 1) * stride + field]
-        h = piece[:, None]
+        h = _piece(input_values, a * stride, (b - 1) * stride + field, norm)[:, None]
         for i, layer in enumerate(fe.conv_layers):
             if i == 0 and group_norm is not None:
                 h = layer.conv(h)
@@ -134,7 +149,7 @@ def cnn_features(model, input_values: torch.Tensor, chunk_samples: Optional[int]
     return torch.cat(out, dim=1)
 
 
-def _first_layer_stats(layer, input_values, chunk_samples):
+def _first_layer_stats(layer, input_values, chunk_samples, norm=None):
     """Per-channel mean and (biased) variance of the first conv's output over the clip."""
     conv = layer.conv
     k, s = conv.kernel_size[0], conv.stride[0]
@@ -145,7 +160,7 @@ def _first_layer_stats(layer, input_values, chunk_samples):
     acc2 = torch.zeros_like(acc)
     for a in range(0, total, per_chunk):
         b = min(total, a + per_chunk)
-        h = conv(input_values[..., a * s: (b - 1) * s + k][:, None])[0].double()
+        h = conv(_piece(input_values, a * s, (b - 1) * s + k, norm)[:, None])[0].double()
         acc += h.sum(dim=1)
         acc2 += (h * h).sum(dim=1)
     mean = acc / total
@@ -299,19 +314,13 @@ class AudioFeatureExtractor:
             )
         if not np.all(np.isfinite(wave)):
             raise ValueError("audio contains NaN or infinite samples")
-        param = next(self.model.parameters())
-        x = normalize_waveform(wave)
-        field, _ = _cnn_geometry(self.model.config)
-        if len(x) < field:  # shorter than one CNN window (< 25 ms): pad so there is one token
-            x = np.pad(x, (0, field - len(x)))
-        values = torch.from_numpy(x).to(device=param.device, dtype=param.dtype)[None]
         chunk_samples = int(self.chunk_seconds * SAMPLE_RATE)
         chunk = max(1, int(round(self.chunk_seconds * self.fps)))
         ctx = int(round(self.context_seconds * self.fps))
         if self.clip_length is not None and num_frames is None and t <= chunk + 2 * ctx:
             emb, _ = hallo_audio_embedding(self.model, wave, fps=self.fps, clip_length=self.clip_length)
             return emb
-        feats = interpolate_features(cnn_features(self.model, values, chunk_samples), t)
+        feats = interpolate_features(self._cnn(wave, chunk_samples), t)
         if t <= chunk + 2 * ctx:
             states = encoder_hidden_states(self.model, _project(self.model, feats))
             return torch.stack(states[1:], dim=2)[0]
@@ -322,6 +331,19 @@ class AudioFeatureExtractor:
             states = encoder_hidden_states(self.model, _project(self.model, feats[:, lo:hi]))
             out.append(torch.stack(states[1:], dim=2)[0, a - lo: b - lo])
         return torch.cat(out, dim=0)
+
+    def _cnn(self, wave: np.ndarray, chunk_samples: int) -> torch.Tensor:
+        """CNN features of the normalised waveform. Audio longer than one chunk is normalised
+        piece by piece inside the CNN, so no second full-length copy of it is held."""
+        param = next(self.model.parameters())
+        if len(wave) > chunk_samples:
+            values = torch.from_numpy(np.ascontiguousarray(wave, np.float32)).to(param.device, param.dtype)[None]
+            return cnn_features(self.model, values, chunk_samples, norm=waveform_stats(wave))
+        x = normalize_waveform(wave)
+        field, _ = _cnn_geometry(self.model.config)
+        if len(x) < field:  # shorter than one CNN window (< 25 ms): pad so there is one token
+            x = np.pad(x, (0, field - len(x)))
+        return cnn_features(self.model, torch.from_numpy(x).to(device=param.device, dtype=param.dtype)[None])
 
     def windows(self, audio, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
         """Windows for frames [start, stop); ``audio`` is a waveform or an ``encode`` result."""
