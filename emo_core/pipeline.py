@@ -163,8 +163,6 @@ class EmoPipeline:
         if audio_windows.ndim != 4:
             raise ValueError(f"sample_clip takes the clip's windows [f, window, blocks, size]; got "
                              f"{tuple(audio_windows.shape)} (see clip_windows)")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         cond = clip_conditioning(self.net, ref, audio_windows=self.audio_windows_ok(audio_windows),
                                  face_mask=None if face_mask is None else self._mask(face_mask, ref), speed=speed,
                                  region_masks=region_masks, region_weights=region_weights)
