@@ -19,6 +19,9 @@ The face is found on the whole photo and a square around it (``--margin``) is wh
 animates; the result is pasted back into the photo (``--feather``), so the video has the
 photo's size (``--no-paste-back``: the square). See emo_core.preprocess.framing.
 
+Progress goes to stderr (emo_core.progress): clips done / total, frames, elapsed and time left,
+one line redrawn in place on a terminal, one line per finished clip otherwise (logs, pipes).
+
 Every option is checked before anything is loaded, and the output is checked to be writable:
 a bad value ends with ``error: <option>: expected ..., got ...`` and exit code 2. Ctrl-C or
 SIGTERM stops the run and deletes the partial output (exit codes 130 / 143).
@@ -348,6 +351,7 @@ def generate(args) -> int:
     from .preprocess.audio_features import load_wav2vec
     from .preprocess.audio_io import AudioError, load_audio
     from .preprocess.framing import PasteBack
+    from .progress import ClipProgress
     from .video_out import Mp4Writer
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -425,14 +429,12 @@ def generate(args) -> int:
              + ("" if interval is None else f", guidance at sigmas {interval[0]:g} to {interval[1]:g}")),
           file=sys.stderr)
 
-    def progress(info):
-        if info["step"] == info["steps"]:
-            print(f"  clip {info['clip']}/{info['clips']} done ({time.time() - t0:.1f} s)", file=sys.stderr)
-
     paste = PasteBack(photo, framed.framing, feather=args.feather) if args.paste_back else None
     if paste is not None:
         print(f"pasting the animated square back into the {photo.shape[1]}x{photo.shape[0]} photo "
               f"(feather {args.feather:g})", file=sys.stderr)
+    # clips done / total, frames and time left: one line redrawn on a terminal, a line per clip in a log
+    progress = ClipProgress(frames, pipe.cfg.clip_frames, sys.stderr)
     try:
         with Mp4Writer(out, args.fps, audio=wave, sample_rate=16000, crf=args.crf) as writer:
             for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
@@ -442,8 +444,11 @@ def generate(args) -> int:
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:
+        progress.close()
         print(f"interrupted: {out} was not written", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+    finally:
+        progress.close()
     print(f"wrote {out} ({writer.frames_written} frames, {time.time() - t0:.1f} s)", file=sys.stderr)
     return 0
 

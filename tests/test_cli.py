@@ -423,3 +423,63 @@ def test_weights_file_of_a_hallo_folder_reads_its_helpers_from_the_folder_above(
     save_file({"denoising_unet.conv_in.weight": torch.zeros(1)}, str(loose))
     assert resolve_weights(loose) == (tmp_path, loose)
     assert resolve_weights(tmp_path) == (tmp_path, None)
+
+
+# ---- progress with time left ---------------------------------------------------------------
+def test_progress_counts_clips_frames_and_time_left(tmp_path, capsys):
+    """A log (not a terminal) gets one line per finished clip: clips done / total, frames, time left."""
+    import re
+
+    import soundfile as sf
+
+    from emo_core.config import EmoConfig
+
+    seconds, fps = 0.6, 25
+    t = np.arange(int(seconds * 16000)) / 16000
+    sf.write(tmp_path / "short.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    assert run("--image", IMAGE, "--audio", tmp_path / "short.wav", "-o", tmp_path / "o.mp4", "--tiny",
+               "--steps", "1") == 0
+    err = capsys.readouterr().err
+    frames = math.floor(seconds * fps + 0.5)
+    clips = -(-frames // EmoConfig.tiny().clip_frames)
+    lines = [x for x in err.splitlines() if re.match(r"\s*clip \d+/\d+ done", x)]
+    assert len(lines) == clips, err
+    pattern = r"\s*clip (\d+)/(\d+) done \((\d+)/(\d+) frames, \d+:\d\d elapsed, (\d+:\d\d|\?) left\)"
+    parsed = [re.fullmatch(pattern, x) for x in lines]
+    assert all(parsed), lines
+    assert [int(m[1]) for m in parsed] == list(range(1, clips + 1))
+    assert {int(m[2]) for m in parsed} == {clips} and {int(m[4]) for m in parsed} == {frames}
+    done = [int(m[3]) for m in parsed]
+    assert done == sorted(done) and done[-1] == frames
+    assert parsed[-1][5] == "0:00"  # nothing left at the end
+    assert "\r" not in err  # no in-place redraws in a log
+
+
+def test_progress_estimates_time_left_from_the_measured_rate():
+    """On a terminal one line is redrawn in place; the time left is the measured time per step
+    times the steps still to run, measured after the first clip (whose one-off costs are excluded)."""
+    import io
+
+    from emo_core.progress import ClipProgress, format_duration
+
+    now = [100.0]
+    out = io.StringIO()
+    p = ClipProgress(10, 4, out, tty=True, clock=lambda: now[0], min_interval=0.0)
+    clips, steps = 3, 2
+    now[0] += 30.0  # the first step is slow (warm-up) ...
+    p({"clip": 1, "clips": clips, "step": 1, "steps": steps})
+    assert out.getvalue().endswith(f"| {format_duration(30.0 * 5)} left")  # 5 steps left at 30 s each
+    now[0] += 2.0
+    p({"clip": 1, "clips": clips, "step": 2, "steps": steps})
+    for clip in (2, 3):
+        for step in (1, 2):
+            now[0] += 2.0  # ... the others take 2 s
+            p({"clip": clip, "clips": clips, "step": step, "steps": steps})
+            left = 2.0 * (clips * steps - ((clip - 1) * steps + step))
+            assert out.getvalue().endswith(f"| {format_duration(left)} left")
+    text = out.getvalue()
+    assert "\n" not in text and text.count("\r") == clips * steps
+    assert "clip 2/3 step 2/2 | 8/10 frames" in text and "clip 3/3 step 2/2 | 10/10 frames" in text
+    p.close()
+    assert out.getvalue().endswith("\n")
+    assert format_duration(3725) == "1:02:05" and format_duration(float("nan")) == "?"
