@@ -79,6 +79,47 @@ def test_chaining_gives_exact_frame_counts(seconds, fps):
     assert len(plan_clips(total, f)) == -(-total // f)
 
 
+def test_pipeline_chains_motion_frames_and_frame_indices():
+    """EmoPipeline.generate as chain_clips promises: clip k+1 gets the last n frames that clip k
+    decoded as its motion frames (clip 1: copies of the portrait), and its frames (audio rows,
+    speed values) continue where clip k's stopped; the padded last clip repeats the last frame."""
+    pipe = EmoPipeline.tiny(seed=4, family="emo")
+    f, n, a = pipe.cfg.clip_frames, pipe.cfg.motion_frames, pipe.cfg.audio
+    assert 0 < n < f
+    portrait = torch.rand(64, 64, 3)
+    ref = pipe.encode_reference(portrait)
+    total = 3 * f - 1  # three clips, the last one padded by a frame
+    # every row of the audio windows and every speed value carries its frame index
+    index = torch.arange(total, dtype=torch.float32)
+    windows = index[:, None, None, None].expand(total, a.window, a.feature_blocks, a.feature_dim).contiguous()
+    motion_pixels, clip_rows, clip_speeds = [], [], []
+    encode, sample_clip = pipe.vae.encode_images, pipe.sample_clip
+
+    def spy_encode(images):
+        motion_pixels.append(images.clone())
+        return encode(images)
+
+    def spy_sample(ref, audio_windows, motion_latents, **kw):
+        clip_rows.append(audio_windows[:, 0, 0, 0].tolist())
+        clip_speeds.append(kw["speed"].tolist())
+        return sample_clip(ref, audio_windows, motion_latents, **kw)
+
+    pipe.vae.encode_images, pipe.sample_clip = spy_encode, spy_sample
+    region = {k: [torch.ones(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+    clips = list(pipe.generate(ref, windows, region_masks=region, speed=index * 0.5, steps=1, seed=3))
+    assert [c.shape[0] for c in clips] == [f, f, f - 1]
+    assert len(motion_pixels) == len(clip_rows) == 3
+    torch.testing.assert_close(motion_pixels[0], pipe.check_image(portrait)[None].expand(n, -1, -1, -1))
+    decoded = [clips[0], clips[1]]
+    for k in (1, 2):
+        torch.testing.assert_close(motion_pixels[k], decoded[k - 1][-n:], rtol=0, atol=0)
+    for k in range(3):
+        expected = [min(i, total - 1) for i in range(k * f, (k + 1) * f)]
+        assert clip_rows[k] == expected and clip_speeds[k] == [0.5 * i for i in expected]
+    for prev, nxt in zip(clip_rows, clip_rows[1:]):
+        assert nxt[0] == prev[-1] + 1  # no frame is skipped or repeated at a join
+
+
 @pytest.mark.parametrize("fps", [25, 30])
 def test_pipeline_video_length_matches_audio(fps):
     pipe = EmoPipeline.tiny(seed=0)
