@@ -93,7 +93,8 @@ def test_evaluate_command_end_to_end(tmp_path, carphone, analyzer):
     torch.jit.script(_TinyI3D()).save(str(models / "eval" / "i3d_torchscript.pt"))
     out = tmp_path / "report.json"
     rc = main(["evaluate", "--generated", str(gen), "--reference", str(ref), "--models-dir", str(models),
-               "--metrics", "fvd,syncnet,efid,motion,fid", "--out", str(out), "--max-frames", "48"])
+               "--metrics", "fvd,syncnet,efid,motion,fid,long_video", "--out", str(out), "--max-frames", "48",
+               "--window-seconds", "0.5", "--clip-frames", "8"])
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["metrics"]["fvd"]["value"] == pytest.approx(0.0, abs=1e-6)
@@ -103,6 +104,14 @@ def test_evaluate_command_end_to_end(tmp_path, carphone, analyzer):
     assert any(s["metric"] == "syncnet" and "no audio" in s["reason"] for s in rep["skipped"]["items"])
     assert "pt_inception" in rep["metrics"]["fid"]["skipped_reason"]  # file absent, not downloaded
     assert rep["metrics"]["motion_generated"]["value"] > 0
+    # long video: windows of 0.5 s over the 48 frames read, head-pose joins every 8 frames
+    from emo_core.eval.long_video import window_ranges
+
+    long = rep["per_video"]["talk.mp4"]["long_video"]
+    assert [r["frames"] for r in long["windows"]] == [len(w) for w in window_ranges(48, 29.97, 0.5)]
+    assert rep["metrics"]["clip_joins"]["value"] > 0 and rep["metrics"]["clip_joins"]["protocol"]["clip_frames"] == 8
+    assert "with audio" in rep["metrics"]["mouth_r_drift"]["skipped_reason"]
+    assert any(s["metric"] == "long_video" and "no audio" in s["reason"] for s in rep["skipped"]["items"])
     assert out.with_suffix(".txt").read_text().startswith("metric")
     assert "pt_inception-2015-12-05-6726825d.pth" in out.with_suffix(".txt").read_text()
 

@@ -3,7 +3,9 @@
 Writes the report as JSON (every number with its protocol, counts and skips) and prints a
 readable table. Network files are looked up in ``<models-dir>/eval`` and
 ``<models-dir>/face``; add ``--download`` to fetch missing ones (otherwise the metric is
-skipped and the report says which file to put where).
+skipped and the report says which file to put where). Long videos: ``long_video`` reports
+identity and mouth/loudness correlation per ``--window-seconds`` (default a minute) and their
+drift; with ``--clip-frames`` (the generator's clip length) also how visible the clip joins are.
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ def add_arguments(parser) -> None:
                         help="reuse saved reference statistics, e.g. fid=hdtf_fid.npz (repeatable)")
     parser.add_argument("--save-stats", default=None, help="folder to save feature statistics to")
     parser.add_argument("--max-frames", type=int, default=None, help="read at most this many frames per video")
+    parser.add_argument("--window-seconds", type=float, default=60.0,
+                        help="long_video: identity and mouth/loudness correlation per window of this many seconds "
+                             "(default 60: per minute), and their drift, last window minus first")
+    parser.add_argument("--clip-frames", type=int, default=None,
+                        help="long_video: the generator's clip length in frames; adds the clip-join statistic "
+                             "(|d yaw| across joins / inside clips, about 1 = seamless)")
 
 
 def _load_folder(folder, max_frames, report_skips):
@@ -64,9 +72,14 @@ def main(args) -> int:
             raise SystemExit(f"--reference-stats expects METRIC=PATH, got {item!r}")
         stats[metric] = path
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    if not args.window_seconds > 0:
+        raise SystemExit(f"--window-seconds: expected a number of seconds > 0, got {args.window_seconds:g}")
+    if args.clip_frames is not None and args.clip_frames < 1:
+        raise SystemExit(f"--clip-frames: expected a clip length >= 1 frame, got {args.clip_frames}")
     config = EvalConfig(metrics=metrics, models_dir=args.models_dir, download=args.download, device=args.device,
                         expression=args.expression, fid_frame_stride=args.fid_frame_stride,
-                        reference_stats=stats, save_stats_dir=args.save_stats)
+                        reference_stats=stats, save_stats_dir=args.save_stats, window_s=args.window_seconds,
+                        clip_frames=args.clip_frames)
     report = evaluate(generated, reference, config, reference_images=images)
     report.skips[:0] = skips
     report.inputs.update(generated_dir=str(args.generated), reference_dir=str(args.reference or ""))

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from . import motion
+from .long_video import LONG_VIDEO_PROTOCOL, long_video_stats, mouth_series
 from .report import EvalReport, MetricResult
 from .stats import FeatureStats, StatsAccumulator
 from .video_io import Video
 
-ALL_METRICS = ("fid", "fvd", "syncnet", "fsim", "efid", "motion")
+ALL_METRICS = ("fid", "fvd", "syncnet", "fsim", "efid", "motion", "long_video")
 
 
 @dataclass
@@ -36,6 +37,8 @@ class EvalConfig:
     fid_frame_stride: int = 1         # use every n-th frame for FID
     reference_stats: dict = field(default_factory=dict)   # metric -> .npz of reference statistics
     save_stats_dir: str | Path | None = None
+    window_s: float = 60.0            # long_video: identity and mouth/loudness per window of this many seconds
+    clip_frames: int | None = None    # long_video: the generator's clip length, for the clip-join statistic
 
 
 @dataclass
@@ -74,14 +77,14 @@ def load_networks(config: EvalConfig, reference_given: bool) -> Networks:
             net.syncnet = load_syncnet(resolve_weights("syncnet", config.models_dir, config.download), config.device)
         except Exception as err:
             net.unavailable["syncnet"] = str(err)
-    if need & {"fvd", "syncnet", "fsim", "efid", "motion"}:
+    if need & {"fvd", "syncnet", "fsim", "efid", "motion", "long_video"}:
         try:
             from emo_core.preprocess.face import FaceAnalyzer
             net.face_analyzer = FaceAnalyzer(backend="auto", models_dir=_sub(config.models_dir, "face"),
                                              download=config.download)
         except Exception as err:
             net.unavailable["face_analyzer"] = f"{type(err).__name__}: {err}"
-    if "fsim" in need:
+    if need & {"fsim", "long_video"}:
         try:
             from emo_core.preprocess.identity import FaceEmbedder
             embedder = FaceEmbedder(_sub(config.models_dir, "face"))
@@ -111,11 +114,13 @@ def _boxes(faces):
 
 
 class _Faces:
-    """Face analysis once per video, shared by every metric."""
+    """Face analysis once per video, shared by every metric; also the per-frame F-SIM of each
+    video (``identity``), shared by fsim and long_video."""
 
     def __init__(self, analyzer):
         self.analyzer = analyzer
         self.cache = {}
+        self.identity = {}   # id(video) -> fsim.FsimResult against its reference portrait
 
     def __call__(self, video: Video):
         if self.analyzer is None:
@@ -141,7 +146,8 @@ def evaluate(generated: list[Video], reference: list[Video] | None = None, confi
                                 "metrics": list(config.metrics)})
     faces = _Faces(net.face_analyzer)
     _check_pairs(generated, reference, report)
-    runners = {"fid": _fid, "fvd": _fvd, "efid": _efid, "syncnet": _syncnet, "fsim": _fsim, "motion": _motion}
+    runners = {"fid": _fid, "fvd": _fvd, "efid": _efid, "syncnet": _syncnet, "fsim": _fsim, "motion": _motion,
+               "long_video": _long_video}
     for name in config.metrics:
         runners[name](generated, reference, config, net, faces, report, reference_images)
     return report
@@ -297,7 +303,7 @@ def _syncnet(generated, reference, config, net, faces, report, _):
 
 
 def _fsim(generated, reference, config, net, faces, report, reference_images):
-    from .fsim import FSIM_PROTOCOL, face_similarity
+    from .fsim import FSIM_PROTOCOL
 
     missing = [k for k in ("face_analyzer", "face_embedder") if getattr(net, k) is None]
     if missing:
@@ -307,23 +313,14 @@ def _fsim(generated, reference, config, net, faces, report, reference_images):
     refs = {_stem(v): v for v in reference}
     sums = {"generated": [0.0, 0], "reference": [0.0, 0]}
     for g in generated:
-        stem = _stem(g)
-        ref_video = refs.get(stem)
-        image = reference_images.get(stem)
-        if image is None and ref_video is not None:
-            image = ref_video.frames[0]
-        if image is None:
-            report.skip(g.name, "fsim", "no reference image or same-named reference video")
+        ref_video = refs.get(_stem(g))
+        ref_emb = _portrait_embedding(g, refs, reference_images, net, report, "fsim")
+        if ref_emb is None:
             continue
-        ref_face = net.face_analyzer.analyze_video([image])[0]
-        if ref_face is None:
-            report.skip(g.name, "fsim", "no face in the reference image")
-            continue
-        ref_emb = net.face_embedder.embed(image, ref_face)
         pairs = [("generated", g)] + ([("reference", ref_video)] if ref_video is not None else [])
         for label, v in pairs:
             try:
-                r = face_similarity(net.face_embedder.embed, v.frames, faces(v), ref_emb)
+                r = _identity(v, ref_emb, net, faces)
             except ValueError as err:
                 report.skip(v.name, "fsim", str(err))
                 continue
@@ -342,6 +339,35 @@ def _fsim(generated, reference, config, net, faces, report, reference_images):
     report.add(MetricResult("fsim", total / n, FSIM_PROTOCOL, counts={"frames": n}, extra=extra))
 
 
+def _portrait_embedding(g: Video, refs: dict, reference_images: dict, net: Networks, report: EvalReport,
+                        metric: str):
+    """ArcFace embedding of generated video ``g``'s reference portrait: ``reference_images[stem]``,
+    else the same-stem reference video's first frame; None (and a skip under ``metric``) if none."""
+    stem = _stem(g)
+    image = reference_images.get(stem)
+    if image is None and refs.get(stem) is not None:
+        image = refs[stem].frames[0]
+    if image is None:
+        report.skip(g.name, metric, "no reference image or same-named reference video")
+        return None
+    ref_face = net.face_analyzer.analyze_video([image])[0]
+    if ref_face is None:
+        report.skip(g.name, metric, "no face in the reference image")
+        return None
+    return net.face_embedder.embed(image, ref_face)
+
+
+def _identity(v: Video, ref_emb, net: Networks, faces: _Faces):
+    """Per-frame F-SIM of ``v`` against ``ref_emb`` (``fsim.face_similarity``), computed once per
+    video; ValueError when no frame has a face."""
+    from .fsim import face_similarity
+
+    key = id(v)
+    if key not in faces.identity:
+        faces.identity[key] = face_similarity(net.face_embedder.embed, v.frames, faces(v), ref_emb)
+    return faces.identity[key]
+
+
 def video_motion(v: Video, faces) -> dict:
     """Motion statistics of one video (face-dependent parts only when faces are given)."""
     out = {"flicker": motion.flicker(v.frames)} if v.num_frames >= 3 else {}
@@ -357,10 +383,7 @@ def video_motion(v: Video, faces) -> dict:
             pass
         out["head"] = motion.head_motion_stats(rots, v.fps, speed)
         out["head"]["frames_with_pose"] = int(len(idx))
-    opening = np.full(v.num_frames, np.nan)
-    for i, f in enumerate(faces):
-        if f is not None and getattr(f, "landmarks", None) is not None:
-            opening[i] = motion.mouth_opening(f.landmarks)
+    opening = mouth_series(faces, v.num_frames)
     out["mouth_opening_mean"] = float(np.nanmean(opening)) if np.isfinite(opening).any() else float("nan")
     if v.audio is not None and np.isfinite(opening).sum() >= 3:
         loud = motion.loudness_per_frame(v.audio, 16000, v.fps, v.num_frames)
@@ -405,6 +428,63 @@ def _motion(generated, reference, config, net, faces, report, _):
                                 counts={"videos": len(generated if label == "generated" else reference),
                                         "frames": frames}, extra=flat,
                                 skipped_reason="" if value is not None else "no head pose (needs face landmarks)"))
+
+
+def _long_video(generated, reference, config, net, faces, report, reference_images):
+    """Identity and mouth/loudness per window of ``config.window_s`` seconds, their drift (last
+    window - first) and, with ``config.clip_frames``, the clip-join ratio of the head yaw; per
+    video in ``per_video[name]["long_video"]``, averaged over the generated videos in
+    ``identity_drift``, ``mouth_r_drift`` and ``clip_joins``."""
+    p = LONG_VIDEO_PROTOCOL
+    protocols = {"identity_drift": {k: p[k] for k in ("windows", "identity", "drift")},
+                 "mouth_r_drift": {k: p[k] for k in ("windows", "mouth_loudness", "drift")},
+                 "clip_joins": {"clip_joins": p["clip_joins"], "clip_frames": config.clip_frames}}
+    for name in ("identity_drift", "mouth_r_drift"):
+        protocols[name]["window_s"] = config.window_s
+    names = ("identity_drift", "mouth_r_drift") + (("clip_joins",) if config.clip_frames else ())
+    if net.face_analyzer is None:
+        reason = "face analysis unavailable: " + net.unavailable.get("face_analyzer", "")
+        for name in names:
+            report.add(MetricResult(name, None, protocols[name], skipped_reason=reason))
+        return
+    refs = {_stem(v): v for v in reference}
+    found = {"identity": [], "mouth_loudness_r": [], "join_ratio": []}
+    for g in generated:
+        identity = None
+        if net.face_embedder is not None:
+            ref_emb = _portrait_embedding(g, refs, reference_images, net, report, "long_video")
+            if ref_emb is not None:
+                try:
+                    identity = _identity(g, ref_emb, net, faces).per_frame
+                except ValueError as err:
+                    report.skip(g.name, "long_video", str(err))
+        if g.audio is None:
+            report.skip(g.name, "long_video", f"no audio ({g.audio_note or 'no audio track'}): no mouth/loudness")
+        stats = long_video_stats(g, faces(g), identity=identity, window_s=config.window_s,
+                                 clip_frames=config.clip_frames)
+        report.per_video.setdefault(g.name, {})["long_video"] = stats
+        for key in found:
+            if key in stats:
+                found[key].append(stats[key])
+    for name, key, missing in (
+            ("identity_drift", "identity",
+             net.unavailable.get("face_embedder", "no generated video with a reference portrait and a face")),
+            ("mouth_r_drift", "mouth_loudness_r", "no generated video with audio and face landmarks")):
+        rows = [r for r in found[key] if np.isfinite(r["drift"])]  # videos with two windows or more
+        if not rows:
+            why = missing if not found[key] else f"every video is shorter than two windows of {config.window_s:g} s"
+            report.add(MetricResult(name, None, protocols[name], counts={"videos": 0}, skipped_reason=why))
+            continue
+        report.add(MetricResult(name, float(np.mean([r["drift"] for r in rows])), protocols[name],
+                                counts={"videos": len(rows), "windows": int(sum(r["windows"] for r in rows))},
+                                extra={"first": float(np.mean([r["first"] for r in rows])),
+                                       "last": float(np.mean([r["last"] for r in rows])),
+                                       "worst": float(np.min([r["worst"] for r in rows]))}))
+    if config.clip_frames:
+        ratios = [r for r in found["join_ratio"] if np.isfinite(r)]
+        report.add(MetricResult("clip_joins", float(np.mean(ratios)) if ratios else None, protocols["clip_joins"],
+                                counts={"videos": len(ratios)},
+                                skipped_reason="" if ratios else "no video longer than one clip with head pose"))
 
 
 def _mean_nested(rows: list[dict]) -> dict:
