@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .types import CATEGORY, CONDITIONING_INPUTS, SAMPLING_WIDGETS, SOURCE_INPUTS
+from .types import CATEGORY, CONDITIONING_INPUTS, CUSTOM_PRESET, PRESET, SAMPLING_WIDGETS, SOURCE_INPUTS
 
 
 def check_audio_matches(audio: dict, emo_audio: dict) -> None:
@@ -46,18 +46,21 @@ class EmoGenerate:
                 "keep_frames": (["all", "last"], {
                     "default": "all", "tooltip": "all: IMAGE holds every frame; last: IMAGE holds only the last frame "
                                                  "(long videos: use the VIDEO output, which is streamed to disk)"}),
+                "preset": (PRESET[0], {**PRESET[1], "tooltip": PRESET[1]["tooltip"] + ". With 'sampler' and 'sigmas' "
+                                       "connected it must be custom (they choose the sampling; an error otherwise)"}),
             },
             "optional": {
                 **CONDITIONING_INPUTS,
                 "sampler": ("SAMPLER", {"tooltip": "optional core SAMPLER (KSamplerSelect: euler, dpmpp_2m, ...): with "
-                                                   "'sigmas', every clip is sampled by it (steps is then unused); "
-                                                   "without: DDIM"}),
+                                                   "'sigmas', every clip is sampled by it with the cfg widget (steps "
+                                                   "is then unused; preset must be custom); without: the preset"}),
                 "sigmas": ("SIGMAS", {"tooltip": "optional noise levels for 'sampler' (EMO Scheduler)"}),
             },
         }
 
     def generate(self, emo_model, reference, emo_audio, audio, steps, cfg, seed, motion_start="reference",
-                 keep_frames="all", face_mask=None, regions=None, speed=None, sampler=None, sigmas=None):
+                 keep_frames="all", preset=CUSTOM_PRESET, face_mask=None, regions=None, speed=None, sampler=None,
+                 sigmas=None):
         import uuid
 
         import torch
@@ -66,12 +69,23 @@ class EmoGenerate:
         from emo_core.video_out import Mp4Writer, OutputPathError, check_output_path
 
         from .common import (EmoNodeError, StepProgress, check_model, choice, face_mask_for, regions_for,
-                             sampling_widgets, speed_for)
+                             sampling_preset, sampling_widgets, speed_for)
         from .comfy_env import make_video, soft_empty_cache, temp_dir
+        from .guider import model_patcher
 
         steps, cfg, seed = sampling_widgets(steps, cfg, seed)
         choice("motion_start", motion_start, ("reference", "zeros"))
         choice("keep_frames", keep_frames, ("all", "last"))
+        steps, cfg, sampler_name, interval = sampling_preset(preset, steps, cfg)
+        if (sampler is not None or sigmas is not None) and preset != CUSTOM_PRESET:
+            raise EmoNodeError(f"preset {preset!r} chooses its own sampler and steps, so does the connected SAMPLER + "
+                               "SIGMAS: set preset to custom (the SAMPLER, SIGMAS and the cfg widget then decide), or "
+                               "disconnect 'sampler' and 'sigmas'")
+        # context-window models (EchoMimic) denoise the whole video at once: one pass of `steps`
+        windowed = emo_model.cfg.chaining == "context_windows"
+        if windowed and (sampler_name, interval) != ("ddim", None):
+            raise EmoNodeError(f"preset {preset!r}: {emo_model.name} samples the whole video in context windows with "
+                               "DDIM only: use preset custom or quality")
         check_model(emo_model, reference, emo_audio)
         check_audio_matches(audio, emo_audio)
         total, size, fps = emo_audio["frames"], reference["size"], emo_audio["fps"]
@@ -88,8 +102,6 @@ class EmoGenerate:
             check_output_path(path)
         except OutputPathError as exc:
             raise EmoNodeError(f"cannot write the video to ComfyUI's temp folder: {exc}") from None
-        # context-window models (EchoMimic) denoise the whole video at once: one pass of `steps`
-        windowed = emo_model.cfg.chaining == "context_windows"
         sample_fn = None
         if (sampler is None) != (sigmas is None):
             raise EmoNodeError("connect both 'sampler' and 'sigmas' (core's custom sampling), or neither (DDIM)")
@@ -101,7 +113,8 @@ class EmoGenerate:
                                    "disconnect 'sampler' and 'sigmas'")
             steps = check_sigmas(sigmas).shape[0] - 1
             sample_fn = core_sample_fn(sampler, sigmas, emo_model.pipe.schedule, cfg=cfg, seed=seed)
-        progress = StepProgress(steps, 1 if windowed else math.ceil(total / emo_model.cfg.clip_frames))
+        progress = StepProgress(steps, 1 if windowed else math.ceil(total / emo_model.cfg.clip_frames),
+                                patcher=model_patcher(emo_model.pipe.schedule), label="EMO Generate")
         kept = []
         last = None
         try:
@@ -110,7 +123,8 @@ class EmoGenerate:
                 for clip in pipe.generate(state, emo_audio["windows"], face_mask=mask,
                                           region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
-                                          callback=progress, num_frames=total, sample_fn=sample_fn):
+                                          callback=progress, num_frames=total, sampler=sampler_name,
+                                          guidance_interval=interval, sample_fn=sample_fn):
                     clip = clip.float().cpu()
                     if clip.shape[0] == 0:
                         continue

@@ -1,7 +1,7 @@
 """The few ComfyUI services the nodes use, imported lazily and with plain fallbacks, so
-the pack imports (and its tests run) without ComfyUI: progress bars, the Cancel check,
-devices, cache release, model folders, the temp folder, ModelPatcher loading and VIDEO
-objects. Nothing here runs at import time.
+the pack imports (and its tests run) without ComfyUI: progress bars, latent previews, the
+Cancel check, devices, cache release, model folders, the temp folder, ModelPatcher loading
+and VIDEO objects. Nothing here runs at import time.
 """
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ class _NoBar:
 def progress_bar(total: int):
     utils = _try("comfy.utils")
     return utils.ProgressBar(total) if utils is not None and hasattr(utils, "ProgressBar") else _NoBar(total)
+
+
+def latent_previewer(patcher):
+    """``preview(x0) -> image`` for a progress bar's ``update_absolute``, x0 [1, 4, h, w] in the
+    model's latent space, by core's ``latent_preview`` with the preview method ComfyUI runs with
+    (TAESD, latent2rgb); None without ComfyUI or with previews off. ``patcher``: what core's
+    ``prepare_callback`` reads (``load_device``, ``model.latent_format``)."""
+    lp = _try("latent_preview")
+    if lp is None or not hasattr(lp, "get_previewer"):
+        return None
+    previewer = lp.get_previewer(patcher.load_device, patcher.model.latent_format)
+    if previewer is None:
+        return None
+    return lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0)
 
 
 def check_interrupt() -> None:

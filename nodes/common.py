@@ -33,6 +33,21 @@ def sampling_widgets(steps, cfg, seed) -> tuple[int, float, int]:
             widget("seed", checks.seed, seed))
 
 
+def sampling_preset(name, steps: int, cfg: float) -> tuple[int, float, str, tuple[float, float] | None]:
+    """The preset widget: (steps, cfg, sampler, guidance interval). "custom" is DDIM with the
+    steps and cfg widgets; a named preset is ``emo_core.sampling.presets``' (as the CLI's
+    --preset), the steps and cfg widgets unused."""
+    from emo_core.sampling.presets import preset
+
+    from .types import CUSTOM_PRESET, PRESET_CHOICES
+
+    choice("preset", name, PRESET_CHOICES)
+    if name == CUSTOM_PRESET:
+        return steps, cfg, "ddim", None
+    chosen = widget("preset", preset, name)
+    return chosen.steps, chosen.guidance, chosen.sampler, chosen.guidance_interval
+
+
 def check_model(emo_model, reference, audio=None) -> None:
     if reference["model_key"] != emo_model.key:
         raise EmoNodeError("the EMO_REFERENCE was made by a different EMO model: connect the same "
@@ -107,17 +122,39 @@ def regions_from_mask(mask: torch.Tensor) -> dict:
 
 
 class StepProgress:
-    """Sampler callback: ComfyUI progress bar over every step of every clip, Cancel check."""
+    """Sampler callback: one ComfyUI progress bar over every step of every clip, the Cancel check,
+    and a latent preview of the first frame's x0 by core's ``latent_preview`` where ComfyUI has
+    previews on (``patcher``: what core's previewer reads, see ``guider.model_patcher``; None: no
+    previews). With ``label``, a log line with the time left after every clip but the last."""
 
-    def __init__(self, steps: int, clips: int):
-        from .comfy_env import progress_bar
+    def __init__(self, steps: int, clips: int, patcher=None, label: str | None = None):
+        import time
 
-        self.steps, self.clips = steps, clips
+        from .comfy_env import latent_previewer, progress_bar
+
+        self.steps, self.clips, self.label = steps, clips, label
         self.bar = progress_bar(steps * clips)
+        self.preview = None if patcher is None else latent_previewer(patcher)
+        self.start = time.monotonic()
 
     def __call__(self, info: dict) -> None:
         from .comfy_env import check_interrupt
 
-        clip = info.get("clip", 1)
-        self.bar.update_absolute((clip - 1) * self.steps + info["step"], self.steps * self.clips)
+        clip, total = info.get("clip", 1), self.steps * self.clips
+        x0 = info.get("x0")
+        image = None
+        if self.preview is not None and x0 is not None:
+            image = self.preview(x0[:, :, 0] if x0.ndim == 5 else x0[:1])  # [1, 4, f, h, w] or core's [f, 4, h, w]
+        self.bar.update_absolute((clip - 1) * self.steps + info["step"], total, image)
+        if self.label and clip < self.clips and info["step"] == self.steps:
+            self._time_left(clip)
         check_interrupt()
+
+    def _time_left(self, clip: int) -> None:
+        import logging
+        import time
+
+        spent = time.monotonic() - self.start
+        left = spent / clip * (self.clips - clip)
+        logging.getLogger(__name__).info("%s: clip %d/%d done, %.1f s so far, about %.0f s left", self.label, clip,
+                                         self.clips, spent, left)

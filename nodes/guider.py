@@ -66,6 +66,16 @@ class _Patcher:
         return getattr(self.model, name)
 
 
+def model_patcher(schedule, device=None) -> _Patcher:
+    """The stand-in ModelPatcher of an EMO schedule: what core's SamplerCustomAdvanced and
+    latent previews read (``load_device``, ``model.latent_format``, ``model.model_sampling``)."""
+    from emo_core.sampling.discrete import ModelSampling
+
+    from .comfy_env import load_device
+
+    return _Patcher(_BaseModel(ModelSampling(schedule)), load_device() if device is None else device)
+
+
 class CoreModelWrap:
     """``model_wrap(x, sigma, **extra_args) -> x0`` for core's samplers over one clip: x [f, 4, h, w]
     (scaled latents, state at ``sigma``), the clip's ``model_fn(x_t, t)`` on [1, 4, f, h, w]."""
@@ -107,14 +117,16 @@ def core_sample_fn(sampler, sigmas, schedule, *, cfg=1.0, seed=None, latent_imag
                    disable_pbar=True, raw=False):
     """``sample_fn`` for ``EmoPipeline.sample_clip``: runs core's sampler on the clip's model_fn.
     ``callback``: core's ``callback(step, x0, x, total_steps)`` (None: the library callback gets
-    {"step", "steps", "x0"}). Returns [1, 4, f, h, w]: the network's x_t at the last sigma, or
-    with ``raw`` core's state x0 + sigma * eps."""
+    {"step", "steps", "x0"}, x0 [1, 4, f, h, w] as from the library's samplers). Returns
+    [1, 4, f, h, w]: the network's x_t at the last sigma, or with ``raw`` core's state
+    x0 + sigma * eps."""
     from emo_core.sampling.samplers import to_model_space
 
     def fn(model_fn, noise, lib_callback):
         cb = callback
         if cb is None and lib_callback is not None:
-            cb = lambda i, x0, x, total: lib_callback({"step": i + 1, "steps": total, "x0": x0})
+            cb = lambda i, x0, x, total: lib_callback({"step": i + 1, "steps": total,
+                                                       "x0": x0.transpose(0, 1)[None]})
         out = run_core_sampler(sampler, sigmas, model_fn, schedule, noise[0].transpose(0, 1), latent_image,
                                device=noise.device, cfg=cfg, callback=cb, disable_pbar=disable_pbar, seed=seed)
         out = out.to(noise.dtype).transpose(0, 1)[None]
@@ -136,12 +148,8 @@ class EmoGuiderObject:
     """The GUIDER: one clip's conditioning, sampled by whatever core SAMPLER and SIGMAS it is given."""
 
     def __init__(self, clip, cfg: float, interval):
-        from emo_core.sampling.discrete import ModelSampling
-
-        from .comfy_env import load_device
-
         self.clip, self.cfg, self.interval = clip, cfg, interval
-        self.model_patcher = _Patcher(_BaseModel(ModelSampling(clip.emo_model.pipe.schedule)), load_device())
+        self.model_patcher = model_patcher(clip.emo_model.pipe.schedule)
         self.inner_model = self.model_patcher.model
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,

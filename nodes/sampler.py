@@ -4,7 +4,8 @@ For hand-built chains: clip k takes the last n decoded frames of clip k-1 as mot
 EMO Generate (chain.py) does the whole audio in one node."""
 from __future__ import annotations
 
-from .types import CATEGORY, CLIP_INDEX, CONDITIONING_INPUTS, EMO_MODEL, SAMPLING_WIDGETS, SOURCE_INPUTS
+from .types import (CATEGORY, CLIP_INDEX, CONDITIONING_INPUTS, CUSTOM_PRESET, EMO_MODEL, PRESET, SAMPLING_WIDGETS,
+                    SOURCE_INPUTS)
 
 
 class EmoSampleClip:
@@ -12,8 +13,9 @@ class EmoSampleClip:
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT", "INT")
     RETURN_NAMES = ("latent", "clips")
-    DESCRIPTION = ("Denoises clip 'clip_index' (f frames; Hallo: 16) with DDIM and classifier-free guidance. "
-                   "'clips' is how many clips the audio needs.")
+    DESCRIPTION = ("Denoises clip 'clip_index' (f frames; Hallo: 16) with classifier-free guidance (DDIM, or the "
+                   "preset's sampler). 'latent' is core's LATENT (frames in the batch, unscaled SD1.5 latents: core's "
+                   "latent nodes and VAE Decode take it); 'clips' is how many clips the audio needs.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -22,6 +24,7 @@ class EmoSampleClip:
                 **SOURCE_INPUTS,
                 "clip_index": CLIP_INDEX,
                 **SAMPLING_WIDGETS,
+                "preset": PRESET,
             },
             "optional": {
                 **CONDITIONING_INPUTS,
@@ -30,24 +33,28 @@ class EmoSampleClip:
             },
         }
 
-    def sample(self, emo_model, reference, emo_audio, clip_index, steps, cfg, seed, face_mask=None, regions=None,
-               speed=None, motion_frames=None):
+    def sample(self, emo_model, reference, emo_audio, clip_index, steps, cfg, seed, preset=CUSTOM_PRESET,
+               face_mask=None, regions=None, speed=None, motion_frames=None):
         import torch
 
-        from .common import StepProgress, sampling_widgets
+        from .common import StepProgress, sampling_preset, sampling_widgets
         from .comfy_env import soft_empty_cache
+        from .guider import model_patcher
 
         steps, cfg, seed = sampling_widgets(steps, cfg, seed)
+        steps, cfg, sampler, interval = sampling_preset(preset, steps, cfg)
         clip = ClipInputs(emo_model, reference, emo_audio, clip_index, face_mask, regions, speed, motion_frames)
-        progress = StepProgress(steps, 1)
+        patcher = model_patcher(emo_model.pipe.schedule)
+        progress = StepProgress(steps, 1, patcher=patcher)
         try:
             with emo_model.loaded() as pipe:
                 latents = clip.sample(pipe, steps=steps, guidance=cfg, generator=torch.Generator().manual_seed(seed),
-                                      callback=progress)
+                                      callback=progress, sampler=sampler, guidance_interval=interval)
                 latents = latents.float().cpu()
         finally:
             soft_empty_cache()
-        return ({"samples": latents, "emo_clip": clip.info()}, clip.clips)
+        samples = patcher.model.latent_format.process_out(latents[0].transpose(0, 1)).contiguous()
+        return ({"samples": samples, "emo_clip": clip.info()}, clip.clips)
 
 
 class ClipInputs:
@@ -129,18 +136,20 @@ class EmoDecodeClip:
     def INPUT_TYPES(cls):
         return {"required": {"emo_model": (EMO_MODEL, {"tooltip": "the model whose VAE decodes the clip"}),
                              "latent": ("LATENT", {"tooltip": "one clip from EMO Sample Clip, or from "
-                                                             "SamplerCustomAdvanced with EMO Guider (core layout: "
-                                                             "frames in the batch)"})}}
+                                                             "SamplerCustomAdvanced with EMO Guider, possibly edited "
+                                                             "by core's latent nodes (core's layout: frames in the "
+                                                             "batch)"})}}
 
     def decode(self, emo_model, latent):
-        from .model import SD15_SCALE
+        from .guider import latent_format
 
         samples = latent["samples"]
         if samples.ndim == 4 and samples.shape[1] == 4:  # core's layout: frames in the batch, unscaled
-            samples = (samples * SD15_SCALE).transpose(0, 1)[None]
+            samples = latent_format().process_in(samples.float()).transpose(0, 1)[None]
+        # else the layout EMO Sample Clip had before core's: scaled latents [1, 4, f, h, w]
         if samples.ndim != 5 or samples.shape[1] != 4:
-            raise ValueError(f"expected an EMO clip latent [1, 4, f, h, w] or core's [f, 4, h, w]; got "
-                             f"{tuple(samples.shape)} (use EMO Sample Clip's or SamplerCustomAdvanced's output)")
+            raise ValueError(f"expected core's LATENT [frames, 4, h, w]; got {tuple(samples.shape)} (use EMO "
+                             "Sample Clip's or SamplerCustomAdvanced's output)")
         with emo_model.loaded() as pipe:
             frames = pipe.decode(samples.to(pipe.device, pipe.dtype)).float().cpu()
         keep = latent.get("emo_clip", {}).get("frames", frames.shape[0])

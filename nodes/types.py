@@ -11,8 +11,10 @@ Core's custom sampling (``comfy_extras/nodes_custom_sampler.py``): SAMPLER (``co
 SIGMAS (1-D float32 tensor of noise levels, ending at 0), NOISE (``generate_noise(latent)``, ``seed``);
 EMO Guider's GUIDER is ``nodes.guider.EmoGuiderObject`` (``sample(noise, latent_image, sampler,
 sigmas, denoise_mask, callback, disable_pbar, seed)`` and a ``model_patcher`` with the SD1.5 latent
-format, as SamplerCustomAdvanced needs); its LATENT is core's: {"samples": [frames, 4, h, w]
-unscaled SD1.5 latents, "emo_clip": {...}}.
+format, as SamplerCustomAdvanced needs). The LATENT of EMO Guider and EMO Sample Clip is core's:
+{"samples": [frames, 4, h, w] unscaled SD1.5 latents (as core's samplers return them, so core's
+latent nodes and VAE Decode take it), "emo_clip": {"index", "start", "frames" (those before the
+end of the audio), "total"}} (core's nodes ignore the extra key).
 
 EMO_MODEL      ``nodes.model.EmoModel``: the EmoPipeline (network, VAE, DDIM schedule) kept on
                the offload device and loaded through a ModelPatcher when a node runs, plus
@@ -41,6 +43,8 @@ EMO_FRAMING    ``emo_core.preprocess.framing.Framing`` (frozen dataclass): where
                "other_faces" ((box, score, reason or None), ...) the detections not used.
                EMO Paste Back reads it.
 """
+from emo_core.sampling.presets import PRESETS
+
 EMO_MODEL = "EMO_MODEL"
 EMO_AUDIO = "EMO_AUDIO"
 EMO_REFERENCE = "EMO_REFERENCE"
@@ -50,10 +54,11 @@ EMO_FRAMING = "EMO_FRAMING"
 CATEGORY = "EMO"
 
 # Inputs shared by the sampling nodes (same widgets, same order in the workflows).
-STEPS = ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip": "DDIM steps (Hallo: 40; EchoMimic accelerated: 6)"})
+STEPS = ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip": "DDIM steps (Hallo: 40; EchoMimic accelerated: 6); "
+                                                                  "used with preset 'custom'"})
 CFG = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
                  "tooltip": "classifier-free guidance scale (<= 1: no guidance, one pass per step; "
-                            "EchoMimic accelerated: 1)"})
+                            "EchoMimic accelerated: 1); used with preset 'custom' or a connected SAMPLER"})
 SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                 "tooltip": "noise seed: the same seed and inputs give the same video"})
 # The inputs every sampling node starts with, and its DDIM widgets (in this order: saved
@@ -64,6 +69,23 @@ SOURCE_INPUTS = {
     "emo_audio": (EMO_AUDIO, {"tooltip": "per-frame audio features from EMO Audio Encode (sets the frame count)"}),
 }
 SAMPLING_WIDGETS = {"steps": STEPS, "cfg": CFG, "seed": SEED}
+# Named sampling settings: emo_core.sampling.presets (the CLI's --preset) plus "custom" = the
+# steps / cfg widgets with DDIM. The last required widget of a sampling node, so that
+# workflows saved before it existed still load (their values keep their positions).
+CUSTOM_PRESET = "custom"
+PRESET_CHOICES = [CUSTOM_PRESET, *PRESETS]
+
+
+def _preset_tooltip() -> str:
+    def one(name, p):
+        interval = "" if p.guidance_interval is None else " (guidance at sigma {}..{} only)".format(*p.guidance_interval)
+        return f"{name}: {p.sampler}, {p.steps} steps, cfg {p.guidance:g}{interval}"
+
+    return ("custom: DDIM with the steps and cfg widgets; " + "; ".join(one(n, p) for n, p in PRESETS.items())
+            + ". A named preset sets sampler, steps and cfg (the steps / cfg widgets are then unused)")
+
+
+PRESET = (PRESET_CHOICES, {"default": CUSTOM_PRESET, "tooltip": _preset_tooltip()})
 CLIP_INDEX = ("INT", {"default": 0, "min": 0, "max": 100000,
                       "tooltip": "which clip of the audio to sample (0 = the first; see 'clips')"})
 CONDITIONING_INPUTS = {

@@ -174,6 +174,59 @@ def test_emo_generate_with_core_sampler_is_ddim_with_euler_over_emo_sigmas(tiny_
                                sampler=_KSampler("euler"))
 
 
+def test_emo_sample_clip_latent_is_cores_unscaled_layout(tiny_inputs):
+    """EMO Sample Clip's LATENT is core's: the library's clip latents [1, 4, f, h, w] as
+    [f, 4, h, w], divided by the SD1.5 scale. EMO Decode Clip gives the library's frames from it
+    and from the old 5-D scaled layout, and decodes it after a core latent node (LatentUpscaleBy's
+    nearest-exact x2 on the batch of frames)."""
+    from nodes.guider import latent_format
+    from nodes.sampler import ClipInputs, EmoDecodeClip, EmoSampleClip
+
+    emo_model, reference, emo_audio, _audio, mask, pipe = tiny_inputs
+    latent, clips = EmoSampleClip().sample(emo_model, reference, emo_audio, 0, 3, 2.0, 5, face_mask=mask)
+    with emo_model.loaded() as loaded:
+        lib = ClipInputs(emo_model, reference, emo_audio, 0, mask).sample(
+            loaded, steps=3, guidance=2.0, generator=torch.Generator().manual_seed(5)).float().cpu()
+    f = emo_model.cfg.clip_frames
+    assert latent["samples"].shape == (f, 4, 8, 8) and latent["samples"].is_contiguous() and clips >= 1
+    assert latent["emo_clip"]["index"] == 0 and latent["emo_clip"]["frames"] == min(f, emo_audio["frames"])
+    assert torch.allclose(latent["samples"] * latent_format().scale_factor, lib[0].transpose(0, 1), atol=1e-6)
+    (frames,) = EmoDecodeClip().decode(emo_model, latent)
+    (old,) = EmoDecodeClip().decode(emo_model, {"samples": lib, "emo_clip": latent["emo_clip"]})
+    with emo_model.loaded() as loaded:
+        expected = loaded.decode(lib).float().cpu()[:latent["emo_clip"]["frames"]]
+    assert frames.shape == (latent["emo_clip"]["frames"], 64, 64, 3)
+    assert torch.allclose(frames, expected, atol=1e-5) and torch.allclose(old, expected, atol=1e-6)
+    up = {**latent, "samples": torch.nn.functional.interpolate(latent["samples"], scale_factor=2.0,
+                                                               mode="nearest-exact")}
+    (big,) = EmoDecodeClip().decode(emo_model, up)
+    assert big.shape == (frames.shape[0], 128, 128, 3)
+    with pytest.raises(ValueError, match="expected core's LATENT"):
+        EmoDecodeClip().decode(emo_model, {"samples": torch.zeros(2, 8, 8)})
+
+
+def test_emo_sample_clip_presets_are_the_librarys(tiny_inputs):
+    """preset quality / fast give what emo_core.sampling.presets (the CLI's --preset) gives the
+    library's sample_clip, whatever the steps / cfg widgets say; custom uses the widgets."""
+    from emo_core.sampling.presets import PRESETS
+    from nodes.sampler import ClipInputs, EmoSampleClip
+
+    emo_model, reference, emo_audio, _audio, mask, _pipe = tiny_inputs
+    clip = ClipInputs(emo_model, reference, emo_audio, 0, mask)
+    got = {}
+    for name, p in PRESETS.items():
+        got[name] = EmoSampleClip().sample(emo_model, reference, emo_audio, 0, 1, 1.0, 5, preset=name,
+                                           face_mask=mask)[0]["samples"]
+        with emo_model.loaded() as loaded:
+            lib = clip.sample(loaded, steps=p.steps, guidance=p.guidance, sampler=p.sampler,
+                              guidance_interval=p.guidance_interval, generator=torch.Generator().manual_seed(5))
+        assert torch.allclose(got[name] * 0.18215, lib.float().cpu()[0].transpose(0, 1), atol=1e-6), name
+    custom = EmoSampleClip().sample(emo_model, reference, emo_audio, 0, 1, 1.0, 5, preset="custom",
+                                    face_mask=mask)[0]["samples"]
+    assert not torch.allclose(custom, got["fast"], atol=1e-3) and not torch.allclose(got["quality"], got["fast"],
+                                                                                    atol=1e-3)
+
+
 CORE_CHECK = """
 import sys, torch
 sys.path[:0] = [{repo!r}, {comfy!r}]
@@ -218,3 +271,68 @@ def test_cores_own_samplers_and_schedulers_on_the_emo_schedule():
     errs = dict(line.split() for line in out.stdout.splitlines() if line.startswith(("euler", "ddim")))
     assert all(float(v) < 2e-3 for v in errs.values()) and len(errs) == 2, out.stdout
     assert "schedulers ok" in out.stdout
+
+
+CORE_NODES_CHECK = """
+import importlib.util, os, sys, tempfile, torch
+sys.path[:0] = [{comfy!r}]
+import comfy.options
+comfy.options.enable_args_parsing()  # reads --cpu --preview-method latent2rgb
+import comfy.samplers, comfy.utils, folder_paths
+import nodes as core_nodes  # ComfyUI's own nodes.py, imported before the pack as in ComfyUI
+from PIL import Image
+folder_paths.set_temp_directory(tempfile.mkdtemp())
+spec = importlib.util.spec_from_file_location("emo_portrait", os.path.join({repo!r}, "__init__.py"),
+                                              submodule_search_locations=[{repo!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["emo_portrait"] = pack
+spec.loader.exec_module(pack)  # as ComfyUI loads a custom node package
+N = pack.NODE_CLASS_MAPPINGS
+from emo_core.sampling.presets import PRESETS
+from emo_portrait.nodes.loader import TINY_CHOICE
+torch.set_num_threads(1)
+sent = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: sent.append((value, total, preview)))
+model = N["EmoModelLoader"]().load(TINY_CHOICE, "float32", False)[0]
+image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+reference = N["EmoReferenceEncode"]().encode(model, image, 64, "center")[0]
+audio = {{"waveform": torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(1)) * 0.1, "sample_rate": 16000}}
+emo_audio = N["EmoAudioEncode"]().encode(model, 25.0, audio=audio)[0]
+mask = torch.zeros(1, 64, 64)
+mask[:, 16:48, 16:48] = 1
+latent, clips = N["EmoSampleClip"]().sample(model, reference, emo_audio, 0, 1, 1.0, 0, preset="fast", face_mask=mask)
+steps = PRESETS["fast"].steps
+shown = [p for v, t, p in sent if p is not None]
+assert len(shown) == steps and all(p[0] == "JPEG" and isinstance(p[1], Image.Image) and p[1].size == (8, 8)
+                                   for p in shown), sent
+print("sample clip previews", len(shown))
+(up,) = core_nodes.LatentUpscaleBy().upscale(latent, "nearest-exact", 2.0)
+(frames,) = N["EmoDecodeClip"]().decode(model, up)
+assert up["emo_clip"] == latent["emo_clip"] and tuple(frames.shape) == (latent["emo_clip"]["frames"], 128, 128, 3)
+print("latent upscale decoded", tuple(frames.shape))
+sent.clear()
+(sigmas,) = N["EmoScheduler"]().sigmas(model, "karras", 3, 1.0)
+out = N["EmoGenerate"]().generate(model, reference, emo_audio, audio, 40, 2.0, 0, face_mask=mask,
+                                  sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas)
+shown = [(v, t) for v, t, p in sent if p is not None]
+assert shown == [(i, 3 * clips) for i in range(1, 3 * clips + 1)] and out[0].shape[0] == emo_audio["frames"], sent
+print("generate previews", len(shown), "clips", clips)
+"""
+
+
+@pytest.mark.skipif(not (os.environ.get("EMO_COMFYUI_DIR") and os.environ.get("EMO_COMFYUI_PYTHON")),
+                    reason="needs a ComfyUI checkout and its Python (EMO_COMFYUI_DIR, EMO_COMFYUI_PYTHON)")
+def test_previews_and_core_latent_nodes_in_comfyui():
+    """In ComfyUI's Python with latent2rgb previews on, the pack loaded as ComfyUI loads it: EMO
+    Sample Clip (fast preset) and EMO Generate (core's euler over core's karras sigmas) send a
+    preview image with every step through core's latent_preview and progress bar; core's
+    LatentUpscaleBy takes EMO Sample Clip's LATENT and EMO Decode Clip decodes the result."""
+    import subprocess
+    from pathlib import Path
+
+    comfy_dir = os.environ["EMO_COMFYUI_DIR"]
+    code = CORE_NODES_CHECK.format(repo=str(Path(__file__).resolve().parents[1]), comfy=comfy_dir)
+    out = subprocess.run([os.environ["EMO_COMFYUI_PYTHON"], "-c", code, "--cpu", "--preview-method", "latent2rgb"],
+                         cwd=comfy_dir, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sample clip previews" in out.stdout and "generate previews" in out.stdout, out.stdout

@@ -26,7 +26,7 @@ def comfy(tmp_path, monkeypatch, face_mirror):
 
     class ProgressBar:
         def __init__(self, total):
-            self.total, self.values = total, []
+            self.total, self.values, self.previews = total, [], []
             state["bars"].append(self)
 
         def update(self, n):
@@ -34,6 +34,7 @@ def comfy(tmp_path, monkeypatch, face_mirror):
 
         def update_absolute(self, v, total=None, preview=None):
             self.values.append(v)
+            self.previews.append(preview)
 
     mm = types.ModuleType("comfy.model_management")
 
@@ -373,4 +374,96 @@ def test_generate_checks_its_video_file_before_sampling(comfy, portrait, speech,
     with pytest.raises(EmoNodeError, match="cannot write the video to ComfyUI's temp folder: cannot write in the "
                                            r"folder .*\(Permission denied\)"):
         EmoGenerate().generate(model, ref, emo_audio, speech, 2, 3.5, 0, face_mask=mask, regions=regions)
+    assert comfy["checks"] == checks, "no sampling step may run"
+
+
+@pytest.fixture()
+def previews(monkeypatch):
+    """A fake core ``latent_preview``: get_previewer(device, latent_format) returns a previewer that
+    records each x0 it is given and returns a numbered preview image."""
+    seen = {"x0": [], "formats": []}
+
+    class Previewer:
+        def decode_latent_to_preview_image(self, preview_format, x0):
+            seen["x0"].append(x0.clone())
+            return (preview_format, len(seen["x0"]), 512)
+
+    def get_previewer(device, latent_format):
+        seen["formats"].append((device, latent_format))
+        return Previewer()
+
+    lp = types.ModuleType("latent_preview")
+    lp.get_previewer = get_previewer
+    monkeypatch.setitem(sys.modules, "latent_preview", lp)
+    return seen
+
+
+def test_latent_previews_through_cores_latent_preview(comfy, previews, portrait, speech, caplog):
+    """EMO Generate with a core SAMPLER + SIGMAS and EMO Sample Clip hand core's previewer the first
+    frame's x0 (SD1.5 latent format, model space) at every step, and the progress bar shows it; at
+    the last step of a sampler that ends at sigma 0, that x0 is the clip's output. EMO Generate
+    logs the time left after every clip but the last."""
+    import logging
+
+    from comfy_executor import _KSampler
+    from emo_core.sampling.presets import PRESETS
+    from nodes.chain import EmoGenerate
+    from nodes.guider import EmoScheduler, latent_format
+    from nodes.sampler import EmoSampleClip
+
+    model = _model()
+    ref, image, emo_audio, frames, mask, regions = _prepare(model, portrait, speech)
+    clips = -(-frames // model.cfg.clip_frames)
+    (sigmas,) = EmoScheduler().sigmas(model, "emo", 3, 1.0)
+    with caplog.at_level(logging.INFO, logger="nodes.common"):
+        EmoGenerate().generate(model, ref, emo_audio, speech, 40, 2.0, 0, face_mask=mask, regions=regions,
+                               sampler=_KSampler("euler"), sigmas=sigmas)
+    bar = comfy["bars"][-1]
+    assert bar.total == 3 * clips and bar.values == list(range(1, 3 * clips + 1))
+    assert bar.previews == [("JPEG", i, 512) for i in range(1, 3 * clips + 1)]
+    assert [tuple(x.shape) for x in previews["x0"]] == [(1, 4, 8, 8)] * (3 * clips)
+    device, fmt = previews["formats"][-1]
+    assert device == torch.device("cpu") and fmt.scale_factor == pytest.approx(0.18215)
+    left = [r.getMessage() for r in caplog.records if "left" in r.getMessage()]
+    assert len(left) == clips - 1 and left[0].startswith(f"EMO Generate: clip 1/{clips} done")
+
+    previews["x0"].clear()
+    latent, _ = EmoSampleClip().sample(model, ref, emo_audio, 0, 1, 1.0, 0, preset="fast", face_mask=mask,
+                                       regions=regions)
+    steps = PRESETS["fast"].steps
+    bar = comfy["bars"][-1]
+    assert bar.total == steps and bar.values == list(range(1, steps + 1)) and None not in bar.previews
+    assert len(previews["x0"]) == steps and not torch.equal(previews["x0"][0], previews["x0"][-1])
+    first = latent_format().process_in(latent["samples"][:1])
+    assert torch.allclose(previews["x0"][-1], first, atol=1e-5)
+
+
+def test_preset_widget(comfy, portrait, speech):
+    """The preset widget resolves through emo_core.sampling.presets: a named preset sets the steps
+    (the progress bar's length) whatever the widgets say; a connected SAMPLER + SIGMAS needs
+    'custom'; EchoMimic's context windows take DDIM presets only. Refusals come before any step."""
+    from comfy_executor import _KSampler
+    from emo_core.sampling.presets import PRESETS
+    from nodes.chain import EmoGenerate
+    from nodes.common import EmoNodeError
+    from nodes.guider import EmoScheduler
+    from nodes.loader import TINY_ECHOMIMIC_CHOICE, EmoModelLoader
+
+    model = _model()
+    ref, image, emo_audio, frames, mask, regions = _prepare(model, portrait, speech)
+    clips = -(-frames // model.cfg.clip_frames)
+    EmoGenerate().generate(model, ref, emo_audio, speech, 1, 1.0, 0, face_mask=mask, regions=regions, preset="fast")
+    assert comfy["bars"][-1].total == PRESETS["fast"].steps * clips
+    assert comfy["bars"][-1].values[-1] == PRESETS["fast"].steps * clips
+    echo = EmoModelLoader().load(TINY_ECHOMIMIC_CHOICE)[0]
+    e_ref, _e_image, e_audio, _f, e_mask, _r = _prepare(echo, portrait, speech)
+    checks = comfy["checks"]
+    (sigmas,) = EmoScheduler().sigmas(model, "emo", 2, 1.0)
+    with pytest.raises(EmoNodeError, match="preset 'quality' chooses its own sampler and steps.*set preset to custom"):
+        EmoGenerate().generate(model, ref, emo_audio, speech, 2, 2.0, 0, preset="quality", face_mask=mask,
+                               regions=regions, sampler=_KSampler("euler"), sigmas=sigmas)
+    with pytest.raises(EmoNodeError, match="preset: expected one of custom, quality, fast, got 'turbo'"):
+        EmoGenerate().generate(model, ref, emo_audio, speech, 2, 2.0, 0, preset="turbo", face_mask=mask)
+    with pytest.raises(EmoNodeError, match="context windows with DDIM only: use preset custom or quality"):
+        EmoGenerate().generate(echo, e_ref, e_audio, speech, 2, 2.0, 0, preset="fast", face_mask=e_mask)
     assert comfy["checks"] == checks, "no sampling step may run"

@@ -158,6 +158,24 @@ def check_custom_sampling(prompt, result, out):
     assert len(saved) == 1 and probe(saved[0])["video_frames"] == f and probe(saved[0])["audio_codec"] == "aac"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_workflows_saved_before_the_preset_widget_keep_their_values(name, node_classes):
+    """'preset' is the last widget of EMO Generate and EMO Sample Clip: a UI workflow saved without
+    it (its widgets_values one shorter) gives every other widget the value it had; the shipped
+    ones say 'custom' (DDIM with their steps and cfg)."""
+    ui = load_json(REPO / "workflows" / f"{name}.json")
+    api = ui_to_api(ui, node_classes)
+    old = json.loads(json.dumps(ui))
+    sampling = [n for n in old["nodes"] if n["type"] in ("EmoGenerate", "EmoSampleClip")]
+    for n in sampling:
+        assert n["widgets_values"][-1] == "custom"
+        n["widgets_values"] = n["widgets_values"][:-1]
+    before = ui_to_api(old, node_classes)
+    for n in sampling:
+        assert api[str(n["id"])]["inputs"].pop("preset") == "custom" and "preset" not in before[str(n["id"])]["inputs"]
+    assert before == api
+
+
 def test_validation_reports_bad_wiring(node_classes, dirs):
     inp, out = dirs
     prompt = load_json(REPO / "workflows" / "api" / "emo_basic_talking.json")
