@@ -70,8 +70,7 @@ class EmoGenerate:
 
         from .common import (EmoNodeError, StepProgress, check_model, choice, face_mask_for, regions_for,
                              sampling_preset, sampling_widgets, speed_for)
-        from .comfy_env import make_video, soft_empty_cache, temp_dir
-        from .guider import model_patcher
+        from .comfy_env import make_video, model_patcher, soft_empty_cache, temp_dir
 
         steps, cfg, seed = sampling_widgets(steps, cfg, seed)
         choice("motion_start", motion_start, ("reference", "zeros"))

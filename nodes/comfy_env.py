@@ -22,6 +22,60 @@ def _try(module: str):
         return None
 
 
+# ---------------------------------------------------------------- latent format, model-patcher stand-in
+class _LatentFormat:
+    """Core's SD15 latent format when ComfyUI is there (previews), else its two numbers."""
+    scale_factor, latent_channels, latent_dimensions, spacial_downscale_ratio = 0.18215, 4, 2, 8
+
+    def process_in(self, latent):
+        return latent * self.scale_factor
+
+    def process_out(self, latent):
+        return latent / self.scale_factor
+
+
+def latent_format():
+    """The SD1.5 latent format: core's LATENT holds latents / scale_factor (``process_out``)."""
+    formats = _try("comfy.latent_formats")
+    return formats.SD15() if formats is not None else _LatentFormat()
+
+
+class CoreBaseModel:
+    """What core reads of ``model_patcher.model`` / ``model_wrap.inner_model``."""
+
+    def __init__(self, model_sampling):
+        self.model_sampling = model_sampling
+        self.latent_format = latent_format()
+
+    def process_latent_in(self, latent):
+        return self.latent_format.process_in(latent)
+
+    def process_latent_out(self, latent):
+        return self.latent_format.process_out(latent)
+
+    def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
+        return self.model_sampling.noise_scaling(sigma.reshape([sigma.shape[0]] + [1] * (len(noise.shape) - 1)),
+                                                 noise, latent_image)
+
+
+class CorePatcher:
+    """What core reads of a guider's ``model_patcher`` (latent format, preview device, model class)."""
+
+    def __init__(self, model: CoreBaseModel, device):
+        self.model, self.load_device, self.model_options = model, device, {}
+
+    def get_model_object(self, name):
+        return getattr(self.model, name)
+
+
+def model_patcher(schedule, device=None) -> CorePatcher:
+    """The stand-in ModelPatcher of an EMO schedule: what core's SamplerCustomAdvanced and latent
+    previews read (``load_device``, ``model.latent_format``, ``model.model_sampling``)."""
+    from emo_core.sampling.discrete import ModelSampling
+
+    return CorePatcher(CoreBaseModel(ModelSampling(schedule)), load_device() if device is None else device)
+
+
 # ---------------------------------------------------------------- progress / interrupt
 class _NoBar:
     def __init__(self, total):

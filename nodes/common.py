@@ -124,7 +124,7 @@ def regions_from_mask(mask: torch.Tensor) -> dict:
 class StepProgress:
     """Sampler callback: one ComfyUI progress bar over every step of every clip, the Cancel check,
     and a latent preview of the first frame's x0 by core's ``latent_preview`` where ComfyUI has
-    previews on (``patcher``: what core's previewer reads, see ``guider.model_patcher``; None: no
+    previews on (``patcher``: what core's previewer reads, ``comfy_env.model_patcher``; None: no
     previews). With ``label``, a log line with the time left after every clip but the last."""
 
     def __init__(self, steps: int, clips: int, patcher=None, label: str | None = None):

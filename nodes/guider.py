@@ -8,7 +8,8 @@ disable_pbar)`` and its sampler function calls ``model_wrap(x, sigma * s_in, **e
 x0. ``CoreModelWrap`` is that model_wrap for one EMO clip: core's LATENT layout [frames, 4, h, w]
 (SD1.5 scaled latents inside, unscaled at the node boundary), the schedule as core's discrete
 model sampling (``emo_core.sampling.discrete``: v-prediction, zero terminal SNR at core's clamped
-sigma), x0 from the library's guided clip denoiser. No ComfyUI import at module level.
+sigma), x0 from the library's guided clip denoiser. The model patcher core reads is
+``comfy_env.model_patcher``'s stand-in. No ComfyUI import at module level.
 """
 from __future__ import annotations
 
@@ -18,64 +19,6 @@ SCHEDULERS = ["emo", "karras", "exponential", "simple", "sgm_uniform", "normal",
               "linear_quadratic", "kl_optimal"]
 
 
-class _LatentFormat:
-    """Core's SD15 latent format when ComfyUI is there (previews), else its two numbers."""
-    scale_factor, latent_channels, latent_dimensions, spacial_downscale_ratio = 0.18215, 4, 2, 8
-
-    def process_in(self, latent):
-        return latent * self.scale_factor
-
-    def process_out(self, latent):
-        return latent / self.scale_factor
-
-
-def latent_format():
-    try:
-        import comfy.latent_formats
-
-        return comfy.latent_formats.SD15()
-    except ImportError:
-        return _LatentFormat()
-
-
-class _BaseModel:
-    """What core reads of ``model_patcher.model`` / ``model_wrap.inner_model``."""
-
-    def __init__(self, model_sampling):
-        self.model_sampling = model_sampling
-        self.latent_format = latent_format()
-
-    def process_latent_in(self, latent):
-        return self.latent_format.process_in(latent)
-
-    def process_latent_out(self, latent):
-        return self.latent_format.process_out(latent)
-
-    def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
-        return self.model_sampling.noise_scaling(sigma.reshape([sigma.shape[0]] + [1] * (len(noise.shape) - 1)),
-                                                 noise, latent_image)
-
-
-class _Patcher:
-    """What core reads of ``guider.model_patcher`` (latent format, preview device, model class)."""
-
-    def __init__(self, model: _BaseModel, device):
-        self.model, self.load_device, self.model_options = model, device, {}
-
-    def get_model_object(self, name):
-        return getattr(self.model, name)
-
-
-def model_patcher(schedule, device=None) -> _Patcher:
-    """The stand-in ModelPatcher of an EMO schedule: what core's SamplerCustomAdvanced and
-    latent previews read (``load_device``, ``model.latent_format``, ``model.model_sampling``)."""
-    from emo_core.sampling.discrete import ModelSampling
-
-    from .comfy_env import load_device
-
-    return _Patcher(_BaseModel(ModelSampling(schedule)), load_device() if device is None else device)
-
-
 class CoreModelWrap:
     """``model_wrap(x, sigma, **extra_args) -> x0`` for core's samplers over one clip: x [f, 4, h, w]
     (scaled latents, state at ``sigma``), the clip's ``model_fn(x_t, t)`` on [1, 4, f, h, w]."""
@@ -83,8 +26,10 @@ class CoreModelWrap:
     def __init__(self, model_fn, schedule, device, cfg: float = 1.0):
         from emo_core.sampling.discrete import ModelSampling, SigmaDenoiser
 
-        self.inner_model = _BaseModel(ModelSampling(schedule).to(device))
-        self.model_patcher = _Patcher(self.inner_model, device)
+        from .comfy_env import CoreBaseModel, CorePatcher
+
+        self.inner_model = CoreBaseModel(ModelSampling(schedule).to(device))
+        self.model_patcher = CorePatcher(self.inner_model, device)
         self.cfg = cfg
         self.denoise = SigmaDenoiser(model_fn, schedule)
 
@@ -148,6 +93,8 @@ class EmoGuiderObject:
     """The GUIDER: one clip's conditioning, sampled by whatever core SAMPLER and SIGMAS it is given."""
 
     def __init__(self, clip, cfg: float, interval):
+        from .comfy_env import model_patcher
+
         self.clip, self.cfg, self.interval = clip, cfg, interval
         self.model_patcher = model_patcher(clip.emo_model.pipe.schedule)
         self.inner_model = self.model_patcher.model

@@ -38,8 +38,7 @@ class EmoSampleClip:
         import torch
 
         from .common import StepProgress, sampling_preset, sampling_widgets
-        from .comfy_env import soft_empty_cache
-        from .guider import model_patcher
+        from .comfy_env import model_patcher, soft_empty_cache
 
         steps, cfg, seed = sampling_widgets(steps, cfg, seed)
         steps, cfg, sampler, interval = sampling_preset(preset, steps, cfg)
@@ -141,7 +140,7 @@ class EmoDecodeClip:
                                                              "batch)"})}}
 
     def decode(self, emo_model, latent):
-        from .guider import latent_format
+        from .comfy_env import latent_format
 
         samples = latent["samples"]
         if samples.ndim == 4 and samples.shape[1] == 4:  # core's layout: frames in the batch, unscaled

@@ -179,7 +179,7 @@ def test_emo_sample_clip_latent_is_cores_unscaled_layout(tiny_inputs):
     [f, 4, h, w], divided by the SD1.5 scale. EMO Decode Clip gives the library's frames from it
     and from the old 5-D scaled layout, and decodes it after a core latent node (LatentUpscaleBy's
     nearest-exact x2 on the batch of frames)."""
-    from nodes.guider import latent_format
+    from nodes.comfy_env import latent_format
     from nodes.sampler import ClipInputs, EmoDecodeClip, EmoSampleClip
 
     emo_model, reference, emo_audio, _audio, mask, pipe = tiny_inputs

@@ -408,7 +408,8 @@ def test_latent_previews_through_cores_latent_preview(comfy, previews, portrait,
     from comfy_executor import _KSampler
     from emo_core.sampling.presets import PRESETS
     from nodes.chain import EmoGenerate
-    from nodes.guider import EmoScheduler, latent_format
+    from nodes.comfy_env import latent_format
+    from nodes.guider import EmoScheduler
     from nodes.sampler import EmoSampleClip
 
     model = _model()
