@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diag_common import frames_uint8  # noqa: E402  (same folder)
+from emo_core.eval.long_video import join_ratio  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.latents import PixelLatent, build_codec  # noqa: E402
 from emo_core.train.loop import build_net, generate_clip, load_config, schedule_for, train  # noqa: E402
@@ -91,7 +92,7 @@ def clip_speed(yaw: np.ndarray, frames: int) -> float:
 def measure(cases, imgs, frames: int) -> dict:
     """The benchmark's numbers for generated (or ground-truth) videos uint8 [b, T, S, S, 3] made of
     clips of ``frames``."""
-    mouth, loud, colour_err, inside, seam, inner = [], [], [], [], [], []
+    mouth, loud, colour_err, inside, yaws = [], [], [], [], []
     speeds: dict[float, list] = {}
     jitter: dict[float, list] = {}
     for c, clip in zip(cases, imgs):
@@ -106,16 +107,13 @@ def measure(cases, imgs, frames: int) -> dict:
                    for x in ms]
         yaw = np.array([x["yaw"] for x in ms])
         speeds.setdefault(c["speed"], []).append(clip_speed(yaw, frames))
-        d = np.abs(np.diff(yaw))
-        jitter.setdefault(c["speed"], []).append(float(d.mean()))
-        joins = np.arange(frames - 1, len(d), frames)  # d[i] = yaw[i + 1] - yaw[i]
-        seam += list(d[joins])
-        inner += list(np.delete(d, joins))
+        jitter.setdefault(c["speed"], []).append(float(np.abs(np.diff(yaw)).mean()))
+        yaws.append(yaw)
     corr = float(np.corrcoef(mouth, loud)[0, 1]) if np.std(mouth) > 0 else 0.0
     return {"mouth_corr": corr, "colour_err": float(np.mean(colour_err)), "inside_box": float(np.mean(inside)),
             "speed": {k: float(np.mean(v)) for k, v in sorted(speeds.items())},
             "abs_dyaw": {k: float(np.mean(v)) for k, v in sorted(jitter.items())},
-            "seam": float(np.mean(seam) / max(np.mean(inner), 1e-6)) if seam else float("nan"), "images": imgs}
+            "seam": join_ratio(yaws, frames), "images": imgs}
 
 
 @torch.no_grad()
@@ -163,8 +161,16 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=str(CONFIGS), help="folder with tiny_stage{1,2,3}.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="config override for all three stages (e.g. train.seed=5)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds: 0 = the configs' seeds; each seed s > 0 trains with train.seed = 10 s + stage "
+                        "and samples with seed s; several seeds run one after another (--jobs at once), each in "
+                        "OUT/seed<s>, and the summary takes the worst seed")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained at the same time (one process each)")
     args = p.parse_args(argv)
+    if len(args.seeds) > 1:
+        return run_seeds(args, argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
+    seed = args.seeds[0]
     out = Path(args.out)
     t_start = time.time()
     data = out / "synthetic"
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
     results = []
     for stage in (1, 2, 3):
         sets = [f"data.shards={json.dumps([str(data)])}", f"output.dir={json.dumps(str(out / f'stage{stage}'))}",
-                "output.progress=false", *args.set]
+                "output.progress=false", *([f"train.seed={10 * seed + stage}"] if seed else []), *args.set]
         if args.steps:
             sets.append(f"train.max_steps={args.steps[stage - 1]}")
             sets.append(f"output.checkpoint_every={args.steps[stage - 1]}")
@@ -202,7 +208,7 @@ def main(argv=None) -> int:
     cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds, clips=args.clips)
     kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
               expand=cfg["data"]["mask_expand"], codec=build_codec(cfg["latents"]), steps=args.ddim_steps,
-              cfg_scale=args.cfg)
+              cfg_scale=args.cfg, seed=seed)
     t_eval = time.time()
     r_un = evaluate(untrained, schedule, cases, **kw)
     r_tr = evaluate(trained, schedule, cases, **kw)
@@ -235,9 +241,77 @@ def main(argv=None) -> int:
     sp = [r_tr["speed"][s] for s in sorted(r_tr["speed"])]
     print(f"trained head speed monotonic in the asked speed: {all(a < b for a, b in zip(sp, sp[1:]))}")
     print(f"total time {time.time() - t_start:.0f} s")
-    (out / "results.json").write_text(json.dumps(
-        {k: {kk: vv for kk, vv in v.items() if kk != "images"}
-         for k, v in (("untrained", r_un), ("trained", r_tr), ("truth", r_gt))}, indent=1))
+    results = {k: {kk: vv for kk, vv in v.items() if kk != "images"}
+               for k, v in (("untrained", r_un), ("trained", r_tr), ("truth", r_gt))}
+    results["seed"] = seed
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(summary_line([results]))
+    return 0
+
+
+def speed_error(results: dict) -> float:
+    """Largest relative error of the trained model's measured head speed against the truth's,
+    over the asked speeds."""
+    tr, gt = results["trained"]["speed"], results["truth"]["speed"]
+    return max(abs(tr[k] - gt[k]) / max(gt[k], 1e-6) for k in gt)
+
+
+def monotonic(results: dict) -> bool:
+    sp = [v for _, v in sorted(results["trained"]["speed"].items(), key=lambda kv: float(kv[0]))]
+    return all(a < b for a, b in zip(sp, sp[1:]))
+
+
+def summary_line(runs: list[dict]) -> str:
+    """The worst seed's numbers: largest join ratio and speed error, smallest mouth r."""
+    joins = max(r["trained"]["seam"] for r in runs)
+    err = max(speed_error(r) for r in runs)
+    mouth = min(r["trained"]["mouth_corr"] for r in runs)
+    return f"summary: joins {joins:.2f}, speed error {err:.2f}, mouth r {mouth:.3f}"
+
+
+def run_seeds(args, argv: list[str]) -> int:
+    """Each seed in its own process (``--jobs`` at once), then one row per seed and the summary."""
+    import subprocess
+
+    drop = {"--seeds", "--jobs", "--out"}
+    base, skip = [], False
+    for a in argv:
+        if skip and not a.startswith("--"):
+            continue
+        skip = a.split("=")[0] in drop
+        if not skip:
+            base.append(a)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pending, running, codes = list(args.seeds), [], {}
+    t0 = time.time()
+    while pending or running:
+        while pending and len(running) < max(1, args.jobs):
+            s = pending.pop(0)
+            log = open(out / f"seed{s}.log", "w")
+            cmd = [sys.executable, __file__, *base, "--seeds", str(s), "--out", str(out / f"seed{s}")]
+            print(f"seed {s}: {' '.join(cmd[1:])} > {out / f'seed{s}.log'}", flush=True)
+            running.append((s, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(5)
+        for item in list(running):
+            s, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                codes[s] = proc.returncode
+                print(f"seed {s}: finished ({proc.returncode}) after {time.time() - t0:.0f} s", flush=True)
+    failed = [s for s, c in codes.items() if c]
+    if failed:
+        print(f"seeds {failed} failed: see their logs in {out}")
+        return 1
+    runs = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in args.seeds]
+    print()
+    print(f"{'seed':>4}  {'mouth r':>8}  {'joins':>6}  {'speed error':>11}  monotonic  measured head speed (truth)")
+    for r in runs:
+        speeds = "  ".join(f"{k}: {v:.2f} ({r['truth']['speed'][k]:.2f})" for k, v in r["trained"]["speed"].items())
+        print(f"{r['seed']:>4}  {r['trained']['mouth_corr']:>8.3f}  {r['trained']['seam']:>6.2f}  "
+              f"{speed_error(r):>11.2f}  {str(monotonic(r)):>9}  {speeds}")
+    print(summary_line(runs))
     return 0
 
 

@@ -141,6 +141,61 @@ def test_condition_dropout_uses_the_cfg_null_inputs():
     assert isinstance(drop.reference, ReferenceFeatures)
 
 
+def test_speed_dropout_gives_guidance_the_null_speed():
+    """Guidance amplifies the asked speed only if its unconditional half lacks it, and training
+    shows the network that null speed (``dropout.speed``): the same zero tokens in both."""
+    from emo_core.config import EmoConfig
+    from emo_core.models.emo import EmoNet
+
+    torch.manual_seed(0)
+    net = EmoNet(EmoConfig.tiny())
+    ref = torch.randn(2, 4, 8, 8)
+    f = net.cfg.clip_frames
+    speed = torch.tensor([[1.0] * f, [6.0] * f])
+    cond, null = conditioning(net, ref, None, torch.rand(2, 64, 64), None, speed)
+    unc = unconditional(cond, null)
+    assert cond.speed.abs().sum() > 0 and torch.equal(unc.speed, torch.zeros_like(cond.speed))
+    drop = drop_conditions(cond, null, {"speed": torch.tensor([False, True])})
+    assert torch.equal(drop.speed[0], cond.speed[0]) and torch.equal(drop.speed[1], unc.speed[1])
+
+
+def test_timestep_shift_moves_training_towards_the_noisy_end():
+    from emo_core.train.loop import sample_timesteps
+
+    g = lambda: torch.Generator().manual_seed(4)
+    assert torch.equal(sample_timesteps(1000, 64, 1.0, g()), torch.randint(0, 1000, (64,), generator=g()))
+    plain, shifted = sample_timesteps(1000, 4000, 1.0, g()), sample_timesteps(1000, 4000, 3.0, g())
+    assert shifted.min() >= 0 and shifted.max() <= 999
+    # u -> 3u / (1 + 2u): the median noise level moves from 1/2 to 3/4 of the schedule
+    assert abs(float(plain.float().median()) - 500) < 40 and abs(float(shifted.float().median()) - 750) < 40
+    with pytest.raises(TrainConfigError, match="timestep_shift"):
+        sample_timesteps(1000, 4, 0.0, g())
+
+
+def test_frame_change_error_sees_the_join_and_the_wobble():
+    from emo_core.sampling.ddim import Schedule
+    from emo_core.train.loop import frame_change_error
+
+    torch.manual_seed(1)
+    b, c, f, h = 2, 3, 5, 4
+    motion = torch.randn(b, 2, c, h, h)
+    # a clip continuing the last motion frame with a constant change per frame
+    step = 0.1 * torch.randn(b, c, 1, h, h)
+    clip = motion[:, -1, :, None] + step * torch.arange(1, f + 1).view(1, 1, f, 1, 1)
+    assert torch.allclose(frame_change_error(clip, clip, motion[:, -1]), torch.zeros(b))
+    # the same clip moved by a constant offset (a jump at the join only): one of f changes is off
+    off = frame_change_error(clip + 0.5, clip, motion[:, -1])
+    assert torch.allclose(off, torch.full((b,), 0.5 ** 2 / f))
+    # the plain MSE cannot tell the jump from a slow wobble of the same size; this error can
+    wobble = clip + 0.5 * torch.tensor([1.0, -1, 1, -1, 1]).view(1, 1, f, 1, 1)
+    assert bool((frame_change_error(wobble, clip, motion[:, -1]) > off).all())
+    from emo_core.config import EmoConfig
+    from emo_core.models.emo import EmoNet
+
+    with pytest.raises(TrainConfigError, match="motion_loss"):
+        TrainStep(EmoNet(EmoConfig.tiny()), Schedule(prediction_type="epsilon"), 3, motion_loss=1.0)
+
+
 def test_init_from_sd15_animatediff_and_hallo(tmp_path):
     from diffusers import UNet2DConditionModel
 

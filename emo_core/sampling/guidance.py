@@ -3,8 +3,11 @@ every step (``guided_batched``) or on an interval of noise levels (``guided_on_i
 
 The unconditional half drops what Hallo drops: the reference (its self-attention sees only
 its own tokens), the audio tokens (zeros after projection), the face-locator features (zeros)
-and the identity (the projection of a zero embedding, given by the caller). Motion frames
-are kept in both halves: they are the video's past, not a condition to amplify.
+and the identity (the projection of a zero embedding, given by the caller); with EMO's speed
+layers also the speed tokens (zeros after projection), so guidance amplifies the asked head
+speed as it amplifies the audio (training drops the speed with the other conditions,
+``dropout.speed``). Motion frames are kept in both halves: they are the video's past, not a
+condition to amplify.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ def unconditional(cond: Conditioning, null_identity: torch.Tensor | None) -> Con
         identity=null_identity if cond.identity is not None else None,
         audio=None if cond.audio is None else torch.zeros_like(cond.audio),
         face=None if cond.face is None else torch.zeros_like(cond.face),
+        speed=None if cond.speed is None else torch.zeros_like(cond.speed),
     )
 
 

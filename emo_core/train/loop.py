@@ -33,7 +33,7 @@ from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning, DeepCache
 from ..models.emo import EmoNet
-from ..sampling.ddim import Schedule, sample_ddim, training_target
+from ..sampling.ddim import Schedule, predicted_x0_and_eps, sample_ddim, training_target
 from ..sampling.guidance import batch_conditions, guided, guided_on_interval, unconditional
 from ..sampling.samplers import check_sampler, sigma_interval
 from ..sampling.samplers import sample as sample_sigmas
@@ -52,10 +52,10 @@ DEFAULTS: dict = {
     "latents": {"kind": "vae", "path": None, "pool": 4, "scale": 1.0},
     "schedule": {},
     "optim": {"lr": 1e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "max_grad_norm": 1.0,
-              "warmup_steps": 0, "speed_lr_scale": 1.0, "snr_gamma": None},
+              "warmup_steps": 0, "speed_lr_scale": 1.0, "snr_gamma": None, "motion_loss": 0.0},
     "train": {"batch_size": 4, "gradient_accumulation": 1, "max_steps": 1000, "mixed_precision": "no",
-              "gradient_checkpointing": False, "seed": 42},
-    "dropout": {"all": 0.05, "reference": 0.0, "audio": 0.05, "face": 0.0},
+              "gradient_checkpointing": False, "seed": 42, "timestep_shift": 1.0},
+    "dropout": {"all": 0.05, "reference": 0.0, "audio": 0.05, "face": 0.0, "speed": 0.0},
     "trainable": None,
     "frozen": None,
     "output": {"dir": None, "checkpoint_every": 500, "keep_checkpoints": 3, "log_every": 10, "validate_every": 0,
@@ -174,7 +174,8 @@ def drop_conditions(cond: Conditioning, null_identity, drop: dict[str, torch.Ten
     if ref is not None and drop.get("reference") is not None and bool(drop["reference"].any()):
         ref = ReferenceFeatures(ref.spatial, ref.motion, ~drop["reference"].to(ref_device(ref)))
     return replace(cond, reference=ref, identity=pick(drop.get("identity"), cond.identity, unc.identity),
-                   audio=pick(drop.get("audio"), cond.audio, unc.audio), face=pick(drop.get("face"), cond.face, unc.face))
+                   audio=pick(drop.get("audio"), cond.audio, unc.audio), face=pick(drop.get("face"), cond.face, unc.face),
+                   speed=pick(drop.get("speed"), cond.speed, unc.speed))
 
 
 def ref_device(ref: ReferenceFeatures):
@@ -198,10 +199,15 @@ def region_masks_for(mask: torch.Tensor, levels: int) -> dict:
 class TrainStep(nn.Module):
     """Loss of one batch; wraps the net so DDP/FSDP see every trained module in ``forward``."""
 
-    def __init__(self, net: EmoNet, schedule: Schedule, stage: int, snr_gamma: float | None = None):
+    def __init__(self, net: EmoNet, schedule: Schedule, stage: int, snr_gamma: float | None = None,
+                 motion_loss: float = 0.0):
         super().__init__()
+        if motion_loss and schedule.prediction_type == "epsilon":
+            raise TrainConfigError("optim.motion_loss needs the clean clip from the prediction: use 'sample' (x0) or "
+                                   "'v_prediction', not 'epsilon' (x0 from epsilon is undefined at zero terminal SNR)")
         self.net = net
         self.stage = stage
+        self.motion_loss = float(motion_loss)
         self.prediction_type = schedule.prediction_type
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod(), persistent=False)
         self.register_buffer("loss_weights", loss_weights(schedule, snr_gamma), persistent=False)
@@ -215,10 +221,37 @@ class TrainStep(nn.Module):
                                            region_masks=region_masks)
         cond = drop_conditions(cond, null_identity, drop)
         pred = self.net(noisy, timesteps, cond)
-        if self.loss_weights is None:
-            return torch.nn.functional.mse_loss(pred.float(), target.float())
         per_item = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        if self.motion_loss and motion_latents is not None and motion_latents.shape[1] > 0:
+            x0 = predicted_x0_and_eps(pred, noisy, a, self.prediction_type)[0]
+            per_item = per_item + self.motion_loss * frame_change_error(x0, clip_latents, motion_latents[:, -1])
+        if self.loss_weights is None:
+            return per_item.mean()
         return (per_item * self.loss_weights[timesteps]).mean()
+
+
+def frame_change_error(x0: torch.Tensor, clip: torch.Tensor, last_motion: torch.Tensor) -> torch.Tensor:
+    """Per item: MSE between the predicted and the true frame-to-frame changes of the clip
+    [b, C, f, h, w], the first change taken from the last motion frame [b, C, h, w]. It is what
+    the plain MSE weighs least and the video shows most: a clip that starts off the pose the
+    motion frames end on (a visible join) or that wobbles from frame to frame."""
+    last = last_motion.to(x0.dtype)[:, :, None]
+    pred = torch.cat([last, x0], 2).diff(dim=2)
+    true = torch.cat([last, clip.to(x0.dtype)], 2).diff(dim=2)
+    return (pred.float() - true.float()).pow(2).flatten(1).mean(1)
+
+
+def sample_timesteps(num_train_timesteps: int, batch: int, shift: float, generator) -> torch.Tensor:
+    """Training timesteps: uniform for ``shift`` 1; above 1 moved towards the noisy end as
+    SD3 shifts its schedule (u -> shift u / (1 + (shift - 1) u)), so more of the steps are where
+    only the conditions and the motion frames can tell the pose and the motion."""
+    if shift == 1.0:
+        return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    if not shift > 0:
+        raise TrainConfigError(f"train.timestep_shift: expected a number > 0, got {shift}")
+    u = torch.rand(batch, generator=generator)
+    u = shift * u / (1 + (shift - 1) * u)
+    return (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
 
 
 def loss_weights(schedule: Schedule, snr_gamma: float | None) -> torch.Tensor | None:
@@ -458,7 +491,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
     if cfg["data"]["validation_shards"]:
         val_ds = _dataset(cfg, ec, D.list_shards(cfg["data"]["validation_shards"]), codec.channels)
 
-    step_module = TrainStep(net, schedule, stage, cfg["optim"]["snr_gamma"])
+    step_module = TrainStep(net, schedule, stage, cfg["optim"]["snr_gamma"], cfg["optim"]["motion_loss"])
     params = dict(net.named_parameters())
     o_cfg = cfg["optim"]
     # optim.speed_lr_scale lets the speed layers (speed encoder, temporal speed attention) learn at a
@@ -524,12 +557,13 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
         clip = lat[:, n_motion:].permute(0, 2, 1, 3, 4).contiguous()
         motion_lat = lat[:, :n_motion] if n_motion else None
         noise = torch.randn(clip.shape, generator=g).to(acc.device)
-        timesteps = torch.randint(0, schedule.num_train_timesteps, (b,), generator=g).to(acc.device)
-        u = torch.rand(5, b, generator=g)
+        timesteps = sample_timesteps(schedule.num_train_timesteps, b, float(t["timestep_shift"]), g).to(acc.device)
+        u = torch.rand(6, b, generator=g)
         drop_all = u[0] < dropout["all"]
         drop = {"reference": (drop_all | (u[1] < dropout["reference"])).to(acc.device),
                 "audio": (drop_all | (u[2] < dropout["audio"])).to(acc.device),
                 "face": (drop_all | (u[3] < dropout["face"])).to(acc.device),
+                "speed": (drop_all | (u[5] < dropout["speed"])).to(acc.device),
                 "identity": drop_all.to(acc.device)}
         audio = batch["audio"].to(acc.device) if stage >= 2 else None
         speed = batch["speed"].to(acc.device) if stage == 3 else None
