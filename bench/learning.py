@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from diag_common import frames_uint8  # noqa: E402  (same folder)
 from emo_core.eval.long_video import join_ratio  # noqa: E402
+from emo_core.families import FAMILIES  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.latents import PixelLatent, build_codec  # noqa: E402
 from emo_core.train.loop import build_net, generate_clip, load_config, schedule_for, train  # noqa: E402
@@ -129,6 +130,7 @@ def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, 
     net.eval()
     ref = torch.stack([_pix(c["reference"]) for c in cases])
     mot = ref[:, None].expand(-1, motion, -1, -1, -1) if motion else None
+    join = sample_kw.pop("join_denoise", 1.0)
     mask = torch.stack([box_mask(torch.tensor(c["box"])[None], size, expand) for c in cases])
     total = len(cases[0]["loudness"])
     speed = torch.tensor([[c["speed"]] * (motion + frames) for c in cases])
@@ -136,7 +138,7 @@ def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, 
     for k, start in enumerate(range(0, total, frames)):
         audio = torch.stack([window_features(torch.from_numpy(c["features"]), m, start, start + frames) for c in cases])
         gen = generate_clip(net, codec, schedule, ref, mot, mask, audio, speed, frames, steps=steps,
-                            cfg_scale=cfg_scale, seed=seed + k, **sample_kw)
+                            cfg_scale=cfg_scale, seed=seed + k, join_denoise=join if k else 1.0, **sample_kw)
         out.append(gen)
         if motion:
             mot = gen[:, -motion:]
@@ -156,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ddim-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale when sampling")
+    p.add_argument("--join-denoise", type=float, default=None,
+                   help="clips after the first start from their last motion frame at this level of the schedule "
+                        "(default: the EMO family's, emo_core.families; 1 = from pure noise)")
     p.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
                    help="skip training; evaluate this stage-3 checkpoint (diagnostics)")
     p.add_argument("--configs", default=str(CONFIGS), help="folder with tiny_stage{1,2,3}.json")
@@ -200,6 +205,7 @@ def main(argv=None) -> int:
     prev = Path(args.eval_only) if args.eval_only else prev
 
     cfg = results[-1]
+    join_denoise = FAMILIES["emo"].join_denoise if args.join_denoise is None else args.join_denoise
     trained, ec, _ = build_net({**cfg, "init": {}})
     state, _, _ = read_checkpoint(prev)
     trained.load_state_dict(state)
@@ -208,7 +214,7 @@ def main(argv=None) -> int:
     cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds, clips=args.clips)
     kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
               expand=cfg["data"]["mask_expand"], codec=build_codec(cfg["latents"]), steps=args.ddim_steps,
-              cfg_scale=args.cfg, seed=seed)
+              cfg_scale=args.cfg, seed=seed, join_denoise=join_denoise)
     t_eval = time.time()
     r_un = evaluate(untrained, schedule, cases, **kw)
     r_tr = evaluate(trained, schedule, cases, **kw)

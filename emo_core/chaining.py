@@ -39,3 +39,31 @@ def chain_clips(num_frames: int, clip_frames: int, motion_frames: int,
             history = clip if motion is None else torch.cat([motion.to(clip), clip])
             motion = history[-motion_frames:]
         yield clip[: max(0, min(clip_frames, num_frames - frames.start))]
+
+
+def join_timestep(schedule, steps: int, denoise: float) -> int | None:
+    """Where a clip after the first starts denoising when it starts from the previous clip's
+    last frame: the largest of the sampler's ``steps`` timesteps at or below ``denoise`` of the
+    schedule (None for ``denoise`` >= 1, or when even the first of so few steps lies below it:
+    from pure noise, as the first clip).
+
+    Why: at the noisiest steps the network's clean estimate of a clip is a blur of the poses the
+    motion frames allow, so the initial noise decides the head pose of each clip and every clip
+    starts off the pose the previous one ended on (a visible jump at each join). Started from
+    the last motion frame noised to a middle level, the pose is carried over and the clip
+    still has the rest of the schedule to move, speak and follow the speed."""
+    if not 0.0 < float(denoise) <= 1.0:
+        raise ValueError(f"join_denoise: expected a fraction of the schedule in (0, 1], got {denoise}")
+    if denoise >= 1.0:
+        return None
+    limit = denoise * schedule.num_train_timesteps - 1
+    below = [t for t in schedule.timesteps(steps) if t <= limit]
+    return below[0] if below else None  # so few steps that the first is above the join: from noise
+
+
+def join_start(noise: torch.Tensor, last_frame: torch.Tensor, schedule, t: int) -> torch.Tensor:
+    """The state x_t at timestep ``t`` of a clip that starts from ``last_frame`` (latents
+    [b, C, h, w], the previous clip's last frame) with unit ``noise`` [b, C, f, h, w]: the forward
+    process applied to that frame held still for the whole clip."""
+    a = schedule.alphas_cumprod()[t].to(noise.device, noise.dtype)
+    return a.sqrt() * last_frame.to(noise)[:, :, None] + (1 - a).sqrt() * noise

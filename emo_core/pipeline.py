@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import checks, families
-from .chaining import chain_clips
+from .chaining import chain_clips, join_start, join_timestep
 from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_portrait
 from .config import EmoConfig
 from .models.backbone import DeepCache
@@ -142,7 +142,8 @@ class EmoPipeline:
                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                     callback: Callable | None = None, sampler: str = "ddim",
                     guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
-                    interval: Callable | None = None, sample_fn: Callable | None = None) -> torch.Tensor:
+                    interval: Callable | None = None, sample_fn: Callable | None = None,
+                    start_from: torch.Tensor | None = None, join_denoise: float = 1.0) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
@@ -154,6 +155,9 @@ class EmoPipeline:
         ``sample_fn(model_fn, noise, callback) -> latents``: an outside sampler (ComfyUI's, see
         ``sampling.discrete``) run on the guided ``model_fn(x_t, t)`` from this clip's unit noise
         instead of ``sampler``; ``steps`` is then unused.
+        ``start_from`` [4, h, w] (the previous clip's last frame, latents) with ``join_denoise`` < 1:
+        the clip starts from that frame noised to that level of the schedule and runs the steps from
+        there (``chaining.join_timestep``).
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
@@ -184,13 +188,18 @@ class EmoPipeline:
                                 device=generator.device if generator is not None else "cpu")
         if sample_fn is not None:
             return sample_fn(model_fn, noise.to(self.device, state), callback)
+        x, start_t, run = noise.to(self.device, state), None, steps
+        if start_from is not None and (start_t := join_timestep(self.schedule, steps, join_denoise)) is not None:
+            x = join_start(x, start_from[None].to(self.device, state), self.schedule, start_t)
+            run = sum(t <= start_t for t in self.schedule.timesteps(steps))
         if sampler != "ddim":
-            return self._sample_sigmas(sampler, model_fn, noise.to(self.device, state), steps, callback)
+            return self._sample_sigmas(sampler, model_fn, x, steps, callback, start_t, run)
         step_cb = None if callback is None else (
-            lambda s: callback({"step": s["i"] + 1, "steps": steps, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
-        return sample_ddim(model_fn, noise.to(self.device, state), self.schedule, steps, callback=step_cb)
+            lambda s: callback({"step": s["i"] + 1, "steps": run, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
+        return sample_ddim(model_fn, x, self.schedule, steps, callback=step_cb, start_t=start_t)
 
-    def _sample_sigmas(self, sampler: str, model_fn: Callable, noise: torch.Tensor, steps: int, callback):
+    def _sample_sigmas(self, sampler: str, model_fn: Callable, noise: torch.Tensor, steps: int, callback,
+                       start_t: int | None = None, run: int | None = None):
         """A sigma-space sampler (``samplers.sample``); the callback sees DDIM's variables (x_t)."""
         last = {}
 
@@ -199,9 +208,9 @@ class EmoPipeline:
             return last["output"]
 
         step_cb = None if callback is None else (
-            lambda s: callback({"step": s["i"] + 1, "steps": steps, "x": to_model_space(s["x"], s["sigma_next"]),
+            lambda s: callback({"step": s["i"] + 1, "steps": run or steps, "x": to_model_space(s["x"], s["sigma_next"]),
                                 "x0": s["denoised"], "output": last["output"]}))
-        return sample_sigmas(sampler, recording, noise, self.schedule, steps, callback=step_cb)
+        return sample_sigmas(sampler, recording, noise, self.schedule, steps, callback=step_cb, start_t=start_t)
 
     def _mask(self, mask: torch.Tensor, ref: ReferenceState) -> torch.Tensor:
         if mask.shape[-2:] != ref.image.shape[:2]:
@@ -218,13 +227,17 @@ class EmoPipeline:
                  guidance: float = 3.5, seed: int = 0, motion_start: str = "reference",
                  callback: Callable | None = None, num_frames: int | None = None, sampler: str = "ddim",
                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
-                 interval: Callable | None = None, sample_fn: Callable | None = None) -> Iterator[torch.Tensor]:
+                 interval: Callable | None = None, sample_fn: Callable | None = None,
+                 join_denoise: float | None = None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
         whole video or [T, H, W] per frame (each clip uses the union of its frames' masks, as EMO).
         speed: [T] degrees per frame. ``sampler``, ``guidance_interval``, ``deep_cache``, ``interval``,
-        ``sample_fn``: as ``sample_clip``."""
+        ``sample_fn``: as ``sample_clip``. ``join_denoise``: every clip after the first starts from the
+        previous clip's last frame at this level of the schedule (``chaining.join_timestep``; 1 = from
+        pure noise; None: the model family's default, 1 for Hallo and EchoMimic as their own code
+        does; not used with ``sample_fn``, whose sigmas are the caller's)."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         sampler = check_sampler(sampler)
         if guidance_interval is not None:
@@ -236,6 +249,8 @@ class EmoPipeline:
             raise ValueError(f"sampler: this model samples the whole video in context windows, with DDIM over "
                              f"every timestep's windows; got sampler={sampler!r}, "
                              f"guidance_interval={guidance_interval}, deep_cache={deep_cache}")
+        join_denoise = families.family_of(self.cfg).join_denoise if join_denoise is None else join_denoise
+        join_timestep(self.schedule, steps, join_denoise)  # checked before the first clip
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
@@ -270,7 +285,9 @@ class EmoPipeline:
                                        region_masks=region_masks, region_weights=region_weights, speed=clip_speed,
                                        steps=steps, guidance=guidance, generator=generator, callback=cb,
                                        sampler=sampler, guidance_interval=guidance_interval, deep_cache=deep_cache,
-                                       interval=interval, sample_fn=sample_fn)
+                                       interval=interval, sample_fn=sample_fn,
+                                       start_from=None if index == 0 or motion_latents is None else motion_latents[-1],
+                                       join_denoise=join_denoise)
             return self.decode(latents)
 
         with _release_memory(self.device):

@@ -3,6 +3,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from emo_core import families
 from emo_core.chaining import chain_clips, plan_clips
 from emo_core.pipeline import EmoPipeline
 from emo_core.sampling.ddim import Schedule, sample_ddim
@@ -307,3 +308,32 @@ def test_one_window_edge_rule():
     assert take_padded(video, range(8, 12)).tolist() == [8, 9, 9, 9]
     speed = context_windows(video[4:8][None], 2)[0]  # the same clip's speed values only
     assert speed[0].tolist() == [4, 4, 4, 5, 6] and speed[-1].tolist() == [5, 6, 7, 7, 7]
+
+
+def test_later_clips_start_from_the_previous_clips_last_frame(monkeypatch):
+    """EMO family: clip k+1's sampling starts at ``join_timestep`` from the last motion frame (the
+    last decoded frame of clip k, encoded) held still and noised (``join_start``); the first
+    clip starts from pure noise; ``join_denoise=1`` (Hallo's and EchoMimic's default) never does."""
+    import emo_core.pipeline as P
+    from emo_core.chaining import join_start, join_timestep
+
+    pipe = EmoPipeline.tiny(seed=4, family="emo")
+    f, a = pipe.cfg.clip_frames, pipe.cfg.audio
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    windows = torch.randn(2 * f, a.window, a.feature_blocks, a.feature_dim)
+    starts, encoded = [], []
+    real_ddim, encode = P.sample_ddim, pipe.vae.encode_images
+    monkeypatch.setattr(P, "sample_ddim", lambda fn, x, *a, **kw: (starts.append((x.clone(), kw.get("start_t"))),
+                                                                    real_ddim(fn, x, *a, **kw))[1])
+    pipe.vae.encode_images = lambda images: (encoded.append(encode(images)), encoded[-1])[1]
+    steps, seed = 5, 2
+    list(pipe.generate(ref, windows, steps=steps, guidance=1.0, seed=seed))
+    t0 = join_timestep(pipe.schedule, steps, families.FAMILIES["emo"].join_denoise)
+    assert t0 is not None and [s[1] for s in starts] == [None, t0]
+    g = torch.Generator().manual_seed(seed)
+    noises = [torch.randn(starts[0][0].shape, generator=g) for _ in range(2)]
+    torch.testing.assert_close(starts[0][0], noises[0])
+    torch.testing.assert_close(starts[1][0], join_start(noises[1], encoded[1][-1:], pipe.schedule, t0))
+    starts.clear()
+    list(pipe.generate(ref, windows, steps=steps, guidance=1.0, seed=seed, join_denoise=1.0))
+    assert [s[1] for s in starts] == [None, None]

@@ -298,3 +298,32 @@ def test_pipeline_deep_cache():
     pipe.net.denoising_unet.mid_block.mid = lambda *a: (mids.append(1), original(*a))[1]
     cached = run(sampler="dpmpp_2m", deep_cache=2, guidance=1.0)
     assert len(mids) == 3 and cached.shape == plain.shape and bool(torch.isfinite(cached).all())
+
+
+@pytest.mark.parametrize("name,steps", [("hallo", 20), ("x0", 20), ("sd", 12)])
+def test_a_clip_started_from_its_join_runs_the_schedule_from_there(name, steps, monkeypatch):
+    """``chaining.join_timestep`` / ``join_start``: a later clip starts from the previous clip's last
+    frame noised to the join's level and runs only the steps from it on, with DDIM and through the
+    sigma samplers alike (Euler over the model's sigmas is DDIM)."""
+    from emo_core.chaining import join_start, join_timestep
+
+    schedule, model = SCHEDULES[name], random_model()
+    t0 = join_timestep(schedule, steps, 0.7)
+    assert t0 <= 0.7 * schedule.num_train_timesteps - 1 and t0 in schedule.timesteps(steps)
+    assert join_timestep(schedule, steps, 1.0) is None
+    last = noise(5, (1, 4, 8, 8))
+    x = join_start(noise(), last, schedule, t0)
+    a = schedule.alphas_cumprod()[t0].double()
+    torch.testing.assert_close(x[:, :, 1], a.sqrt() * last + (1 - a).sqrt() * noise()[:, :, 1])
+    seen = []
+    spy = lambda x, t: (seen.append(int(t)), model(x, t))[1]
+    ddim = sample_ddim(spy, x, schedule, steps, start_t=t0)
+    assert seen == [t for t in schedule.timesteps(steps) if t <= t0]
+    as_float32 = Schedule.alphas_cumprod
+    monkeypatch.setattr(Schedule, "alphas_cumprod", lambda self: as_float32(self).double())
+    torch.testing.assert_close(S.sample("ddim", model, x, schedule, steps, start_t=t0),
+                               sample_ddim(model, x, schedule, steps, start_t=t0), rtol=0, atol=1e-10)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="join_denoise"):
+            join_timestep(schedule, steps, bad)
+    assert join_timestep(SCHEDULES["hallo"], 1, 0.5) is None  # one step (t = 999): from noise

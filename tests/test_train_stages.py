@@ -196,6 +196,33 @@ def test_frame_change_error_sees_the_join_and_the_wobble():
         TrainStep(EmoNet(EmoConfig.tiny()), Schedule(prediction_type="epsilon"), 3, motion_loss=1.0)
 
 
+def test_join_rows_train_the_first_step_of_a_later_clip():
+    """``train.join_prob``: chosen rows see what a later clip's first step sees at inference
+    (``chaining.join_start``: the last motion frame held still, noised to the join's timestep) and
+    learn the true clip from it; the other rows are the usual forward process."""
+    from emo_core.chaining import join_start
+    from emo_core.config import EmoConfig
+    from emo_core.models.emo import EmoNet
+    from emo_core.sampling.ddim import Schedule
+
+    torch.manual_seed(2)
+    net = EmoNet(EmoConfig.tiny())
+    sched = Schedule(prediction_type="sample", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    step = TrainStep(net, sched, 3)
+    f, n = net.cfg.clip_frames, net.cfg.motion_frames
+    clip, motion, noise = torch.randn(2, 4, f, 8, 8), torch.randn(2, n, 4, 8, 8), torch.randn(2, 4, f, 8, 8)
+    seen = {}
+    forward = net.forward
+    net.forward = lambda x, t, c: (seen.setdefault("x", x), forward(x, t, c))[1]
+    none = torch.zeros(2, dtype=torch.bool)
+    t = torch.tensor([699, 699])
+    step(clip, torch.randn(2, 4, 8, 8), motion, torch.rand(2, 64, 64), None, torch.ones(2, n + f), noise, t,
+         {"reference": none, "audio": none, "face": none, "identity": none}, None, torch.tensor([True, False]))
+    a = sched.alphas_cumprod()[699]
+    torch.testing.assert_close(seen["x"][0], join_start(noise[:1], motion[:1, -1], sched, 699)[0])
+    torch.testing.assert_close(seen["x"][1], a.sqrt() * clip[1] + (1 - a).sqrt() * noise[1])
+
+
 def test_init_from_sd15_animatediff_and_hallo(tmp_path):
     from diffusers import UNet2DConditionModel
 

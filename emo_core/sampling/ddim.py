@@ -142,15 +142,20 @@ def ddim_step(output, x, alpha_prod_t, alpha_prod_prev, prediction_type, eta=0.0
 
 
 def sample_ddim(model_fn: Callable, x: torch.Tensor, schedule: Schedule, steps: int, *, eta: float = 0.0,
-                generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, callback: Callable | None = None,
+                start_t: int | None = None) -> torch.Tensor:
     """Runs ``steps`` DDIM steps from noise ``x``. ``model_fn(x, t) -> model output``.
     ``callback({"i", "t", "x", "x0", "output"})`` is called after every step (progress, previews,
-    cancel); ``output`` is the model output the step used."""
+    cancel); ``output`` is the model output the step used. ``start_t``: ``x`` is the state at
+    that timestep and only the steps from it on run (img2img, a clip started from its join)."""
     steps = integer(steps, "steps", low=1)  # ValueError, not ZeroDivisionError, for 0 steps
     ac = schedule.alphas_cumprod()
     final = torch.tensor(1.0) if schedule.set_alpha_to_one else ac[0]
     stride = schedule.num_train_timesteps // steps
-    for i, t in enumerate(schedule.timesteps(steps)):
+    timesteps = schedule.timesteps(steps)
+    if start_t is not None:
+        timesteps = [t for t in timesteps if t <= start_t]
+    for i, t in enumerate(timesteps):
         output = model_fn(x, t)
         prev = t - stride
         a_t, a_prev = ac[t], (ac[prev] if prev >= 0 else final)

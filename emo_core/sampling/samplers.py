@@ -261,12 +261,21 @@ def check_sampler(value, name: str = "sampler") -> str:
 
 
 def sample(name: str, model_fn: Callable, noise: torch.Tensor, schedule: Schedule, steps: int, *,
-           sigmas: torch.Tensor | None = None, callback: Callable | None = None) -> torch.Tensor:
+           sigmas: torch.Tensor | None = None, callback: Callable | None = None,
+           start_t: int | None = None) -> torch.Tensor:
     """Runs sampler ``name`` from unit ``noise`` over ``sigmas`` (default: ``model_sigmas``) with
-    the integer-timestep ``model_fn(x_t, t)``; returns the result in the network's space (x_t)."""
+    the integer-timestep ``model_fn(x_t, t)``; returns the result in the network's space (x_t).
+    ``start_t``: ``noise`` is instead the network's state x_t at that timestep, and only the
+    sigmas from its sigma on run (as ``sample_ddim``'s ``start_t``)."""
     sampler = SAMPLERS[check_sampler(name)] if name != "ddim" else sample_euler
     sigmas = model_sigmas(schedule, steps) if sigmas is None else sigmas
-    x = sampler(Denoiser(model_fn, schedule), noise_start(noise, float(sigmas[0])), sigmas, callback=callback)
+    if start_t is None:
+        x = noise_start(noise, float(sigmas[0]))
+    else:
+        start = t_to_sigma(sigma_table(schedule), start_t)
+        sigmas = sigmas[sigmas <= start * (1 + 1e-6)]
+        x = noise * math.sqrt(1 + float(sigmas[0]) ** 2)  # x_t -> the state x0 + sigma eps
+    x = sampler(Denoiser(model_fn, schedule), x, sigmas, callback=callback)
     return to_model_space(x, float(sigmas[-1]))
 
 

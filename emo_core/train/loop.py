@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..chaining import join_start, join_timestep
 from ..checkpoints import FORMAT_NAME, WEIGHTS_FILE
 from ..conditioning import build_conditioning
 from ..config import EmoConfig, SpeedConfig
@@ -54,7 +55,8 @@ DEFAULTS: dict = {
     "optim": {"lr": 1e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "max_grad_norm": 1.0,
               "warmup_steps": 0, "speed_lr_scale": 1.0, "snr_gamma": None, "motion_loss": 0.0},
     "train": {"batch_size": 4, "gradient_accumulation": 1, "max_steps": 1000, "mixed_precision": "no",
-              "gradient_checkpointing": False, "seed": 42, "timestep_shift": 1.0},
+              "gradient_checkpointing": False, "seed": 42, "timestep_shift": 1.0, "join_prob": 0.0,
+              "join_denoise": 0.7},
     "dropout": {"all": 0.05, "reference": 0.0, "audio": 0.05, "face": 0.0, "speed": 0.0},
     "trainable": None,
     "frozen": None,
@@ -213,9 +215,13 @@ class TrainStep(nn.Module):
         self.register_buffer("loss_weights", loss_weights(schedule, snr_gamma), persistent=False)
 
     def forward(self, clip_latents, ref_latents, motion_latents, mask, audio, speed, noise, timesteps, drop,
-                region_masks=None):
+                region_masks=None, join=None):
         a = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1).to(clip_latents.dtype)
         noisy = a.sqrt() * clip_latents + (1 - a).sqrt() * noise
+        if join is not None and bool(join.any()):  # rows that start from the last motion frame, as later clips do
+            row = join.view(-1, 1, 1, 1, 1).to(noisy.device)
+            noisy = torch.where(row, a.sqrt() * motion_latents[:, -1, :, None].to(noisy) + (1 - a).sqrt() * noise, noisy)
+            noise = torch.where(row, (noisy - a.sqrt() * clip_latents) / (1 - a).sqrt(), noise)
         target = training_target(clip_latents, noise, a, self.prediction_type)
         cond, null_identity = conditioning(self.net, ref_latents, motion_latents, mask, audio, speed,
                                            region_masks=region_masks)
@@ -360,10 +366,13 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tensor, motion: torch.Tensor | None,
                   mask: torch.Tensor, audio: torch.Tensor | None, speed: torch.Tensor | None, frames: int, *,
                   steps: int = 20, cfg_scale: float = 3.5, seed: int = 0, region_masks=None, sampler: str = "ddim",
-                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None) -> torch.Tensor:
+                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
+                  join_denoise: float = 1.0) -> torch.Tensor:
     """Samples one clip with DDIM + CFG, as inference does. reference [b, 3, S, S] and motion
     [b, n, 3, S, S] pixels in [-1, 1]; returns pixels [b, frames, 3, S, S]. ``sampler``,
-    ``guidance_interval`` (sigmas), ``deep_cache``: as ``EmoPipeline.sample_clip``."""
+    ``guidance_interval`` (sigmas), ``deep_cache``: as ``EmoPipeline.sample_clip``;
+    ``join_denoise`` < 1: the clip starts from its last motion frame at that level of the
+    schedule (``chaining.join_timestep``; for clips after the first)."""
     dev = net.device
     b = reference.shape[0]
     ref_lat = codec.encode(reference.to(dev)).to(net.dtype)
@@ -381,8 +390,11 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
         fn = guided(model, cond, null_identity, cfg_scale)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((b, ref_lat.shape[1], frames, *ref_lat.shape[-2:]), generator=g).to(dev, net.dtype)
-    x = sample_ddim(fn, x, schedule, steps) if check_sampler(sampler) == "ddim" else sample_sigmas(
-        sampler, fn, x, schedule, steps)
+    start_t = join_timestep(schedule, steps, join_denoise) if motion_lat is not None else None
+    if start_t is not None:
+        x = join_start(x, motion_lat[:, -1], schedule, start_t)
+    x = sample_ddim(fn, x, schedule, steps, start_t=start_t) if check_sampler(sampler) == "ddim" else sample_sigmas(
+        sampler, fn, x, schedule, steps, start_t=start_t)
     out = codec.decode(x.permute(0, 2, 1, 3, 4).flatten(0, 1).float())
     return out.unflatten(0, (b, frames))
 
@@ -540,6 +552,9 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
 
         bar = tqdm(total=int(t["max_steps"]), initial=start_step, desc=f"stage {stage}", dynamic_ncols=True)
     dropout = cfg["dropout"]
+    join_t = None
+    if float(t["join_prob"]) > 0:
+        join_t = join_timestep(schedule, schedule.num_train_timesteps, float(t["join_denoise"]))
     losses: list = []
     step = start_step
     micro = 0
@@ -559,6 +574,11 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
         noise = torch.randn(clip.shape, generator=g).to(acc.device)
         timesteps = sample_timesteps(schedule.num_train_timesteps, b, float(t["timestep_shift"]), g).to(acc.device)
         u = torch.rand(6, b, generator=g)
+        join = None
+        if join_t is not None and n_motion:  # the join's first step, from the last true motion frame
+            join = (u[4] < float(t["join_prob"])) & ~batch["motion_is_reference"].bool()
+            timesteps = torch.where(join.to(timesteps.device), torch.full_like(timesteps, join_t), timesteps)
+            join = join.to(acc.device)
         drop_all = u[0] < dropout["all"]
         drop = {"reference": (drop_all | (u[1] < dropout["reference"])).to(acc.device),
                 "audio": (drop_all | (u[2] < dropout["audio"])).to(acc.device),
@@ -574,7 +594,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
         ctx = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(step_module)
         with ctx:
             loss = step_module(clip, ref_lat, motion_lat, batch["mask"].to(acc.device), audio, speed, noise,
-                               timesteps, drop, region)
+                               timesteps, drop, region, join)
             acc.backward(loss / accum)
         acc_loss += loss.detach() / accum
         micro += 1
