@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None,
                    help="quality: ddim, 40 steps, cfg 3.5; fast: dpmpp_2m, 10 steps, cfg 3.5 only at sigmas 0.28 to "
                         "5.42 (emo_core/sampling/presets.py); --steps, --cfg and --sampler override its values")
+    p.add_argument("--join-denoise", type=float, default=None,
+                   help="seamless clip joins: clips after the first start from the previous clip's last frame at "
+                        "this fraction of the schedule, in (0, 1] (1 = from pure noise; default: the model's, EMO "
+                        "0.7, Hallo and EchoMimic 1 as their own code)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2^64-1")
     p.add_argument("--speed", type=float, default=None,
                    help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")
@@ -154,6 +158,8 @@ def validate_args(args) -> None:
                 check(value, option)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+    if args.join_denoise is not None and not 0.0 < args.join_denoise <= 1.0:
+        raise UsageError(f"--join-denoise: expected a fraction of the schedule in (0, 1], got {args.join_denoise}")
     for option, check, value in (("--sampler", check_sampler, args.sampler), ("--preset", preset, args.preset)):
         if value is not None:
             try:
@@ -440,7 +446,7 @@ def generate(args) -> int:
             for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
                                       motion_start=args.motion_start, callback=progress, num_frames=frames,
-                                      sampler=sampler, guidance_interval=interval):
+                                      sampler=sampler, guidance_interval=interval, join_denoise=args.join_denoise):
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:

@@ -55,12 +55,18 @@ class EmoGenerate:
                                                    "'sigmas', every clip is sampled by it with the cfg widget (steps "
                                                    "is then unused; preset must be custom); without: the preset"}),
                 "sigmas": ("SIGMAS", {"tooltip": "optional noise levels for 'sampler' (EMO Scheduler)"}),
+                "join_denoise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                           "tooltip": "seamless clip joins: every clip after the first starts from "
+                                                      "the previous clip's last frame at this fraction of the "
+                                                      "schedule (1 = from pure noise; 0 = the model's default: EMO "
+                                                      "0.7, Hallo and EchoMimic 1, as their own code). Not used with "
+                                                      "a connected SAMPLER + SIGMAS"}),
             },
         }
 
     def generate(self, emo_model, reference, emo_audio, audio, steps, cfg, seed, motion_start="reference",
                  keep_frames="all", preset=CUSTOM_PRESET, face_mask=None, regions=None, speed=None, sampler=None,
-                 sigmas=None):
+                 sigmas=None, join_denoise=0.0):
         import uuid
 
         import torch
@@ -76,6 +82,10 @@ class EmoGenerate:
         choice("motion_start", motion_start, ("reference", "zeros"))
         choice("keep_frames", keep_frames, ("all", "last"))
         steps, cfg, sampler_name, interval = sampling_preset(preset, steps, cfg)
+        if not 0.0 <= float(join_denoise) <= 1.0:
+            raise EmoNodeError(f"join_denoise: expected 0 (the model's default) or a fraction of the schedule up to 1, "
+                               f"got {join_denoise}")
+        join = None if float(join_denoise) == 0.0 else float(join_denoise)
         if (sampler is not None or sigmas is not None) and preset != CUSTOM_PRESET:
             raise EmoNodeError(f"preset {preset!r} chooses its own sampler and steps, so does the connected SAMPLER + "
                                "SIGMAS: set preset to custom (the SAMPLER, SIGMAS and the cfg widget then decide), or "
@@ -123,7 +133,7 @@ class EmoGenerate:
                                           region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
                                           callback=progress, num_frames=total, sampler=sampler_name,
-                                          guidance_interval=interval, sample_fn=sample_fn):
+                                          guidance_interval=interval, sample_fn=sample_fn, join_denoise=join):
                     clip = clip.float().cpu()
                     if clip.shape[0] == 0:
                         continue

@@ -145,8 +145,10 @@ class StepProgress:
         image = None
         if self.preview is not None and x0 is not None:
             image = self.preview(x0[:, :, 0] if x0.ndim == 5 else x0[:1])  # [1, 4, f, h, w] or core's [f, 4, h, w]
-        self.bar.update_absolute((clip - 1) * self.steps + info["step"], total, image)
-        if self.label and clip < self.clips and info["step"] == self.steps:
+        # a clip may run fewer steps than the first (started from its join): its share of the bar is the same
+        run = info.get("steps", self.steps) or self.steps
+        self.bar.update_absolute((clip - 1) * self.steps + round(info["step"] * self.steps / run), total, image)
+        if self.label and clip < self.clips and info["step"] == run:
             self._time_left(clip)
         check_interrupt()
 

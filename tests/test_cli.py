@@ -195,6 +195,8 @@ def _refused(tmp_path, capsys, *argv, output=None):
     (("--size", "-64"), "error: --size: expected an integer >= 1, got -64"),
     (("--expand", "0"), "error: --expand: expected a finite number > 0, got 0"),
     (("--expand", "nan"), "error: --expand: expected a finite number > 0, got nan"),
+    (("--join-denoise", "0"), "error: --join-denoise: expected a fraction of the schedule in (0, 1], got 0.0"),
+    (("--join-denoise", "nan"), "error: --join-denoise: expected a fraction of the schedule in (0, 1], got nan"),
 ])
 def test_bad_option_is_refused_before_any_model_work(tmp_path, capsys, no_model_work, argv, expected):
     err = _refused(tmp_path, capsys, *argv)
