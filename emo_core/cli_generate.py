@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--join-denoise", type=float, default=None,
                    help="seamless clip joins: clips after the first start from the previous clip's last frame at "
                         "this fraction of the schedule, in (0, 1] (1 = from pure noise; default: the model's, EMO "
-                        "0.7, Hallo and EchoMimic 1 as their own code)")
+                        "0.6, Hallo and EchoMimic 1 as their own code)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2^64-1")
     p.add_argument("--speed", type=float, default=None,
                    help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")

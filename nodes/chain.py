@@ -59,7 +59,7 @@ class EmoGenerate:
                                            "tooltip": "seamless clip joins: every clip after the first starts from "
                                                       "the previous clip's last frame at this fraction of the "
                                                       "schedule (1 = from pure noise; 0 = the model's default: EMO "
-                                                      "0.7, Hallo and EchoMimic 1, as their own code). Not used with "
+                                                      "0.6, Hallo and EchoMimic 1, as their own code). Not used with "
                                                       "a connected SAMPLER + SIGMAS"}),
             },
         }

@@ -33,7 +33,7 @@ class Family:
 
 
 FAMILIES = {
-    "emo": Family("emo", 40, 3.5, "clean", join_denoise=0.7),
+    "emo": Family("emo", 40, 3.5, "clean", join_denoise=0.6),
     "hallo": Family(hallo.NAME, hallo.DEFAULT_STEPS, hallo.DEFAULT_CFG, "hallo", audio_as_hallo=True),
     "echomimic": Family("echomimic", 30, 2.5, "clean", accelerated_steps=6, accelerated_guidance=1.0),
 }
