@@ -32,11 +32,15 @@ __all__ = ["EmoPipeline", "ReferenceState"]
 class EmoPipeline:
     """``reference_rule``: how reference and motion-frame features are laid out over the CFG
     halves, "hallo" (Hallo's own pipeline, exactly) or "clean"; None: the model family's own
-    (``emo_core.families``)."""
+    (``emo_core.families``). ``channels_last``: the backbone's convolution weights (and so its
+    feature maps) in ``torch.channels_last``, equal up to float rounding; off by default (on
+    CPU within the noise of ``bench/unet_speed.py``; measure it there for your device)."""
 
     def __init__(self, net: EmoNet, vae: Vae, schedule: Schedule, *, device="cpu", dtype=torch.float32,
-                 reference_rule: str | None = None):
+                 reference_rule: str | None = None, channels_last: bool = False):
         self.net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if channels_last:
+            self.net.denoising_unet.to(memory_format=torch.channels_last)
         self.vae, self.schedule = vae, schedule
         self.device, self.dtype = torch.device(device), dtype
         self.rule = families.reference_rule(net.cfg, reference_rule)
@@ -60,7 +64,8 @@ class EmoPipeline:
     @classmethod
     def from_folder(cls, path, *, device="cpu", dtype=torch.float32, vae: Vae | None = None,
                     schedule: Schedule | None = None, reference_rule: str | None = None,
-                    accelerated: bool | None = None, config: EmoConfig | None = None) -> "EmoPipeline":
+                    accelerated: bool | None = None, config: EmoConfig | None = None,
+                    channels_last: bool = False) -> "EmoPipeline":
         """Loads a model folder or weights file (ours, Hallo's ``pretrained_models`` or net.pth, or
         EchoMimic's; ``families.load_net``), its schedule (``families.schedule_for``) and, unless
         given, the VAE of its ``sd-vae-ft-mse`` (or ``vae``) folder."""
@@ -74,7 +79,8 @@ class EmoPipeline:
                                         f"in {folder}, or pass a VAE")
             vae = load_vae(sub, device=device)
         schedule = schedule or families.schedule_for(net.cfg, folder)
-        return cls(net, vae, schedule, device=device, dtype=dtype, reference_rule=reference_rule)
+        return cls(net, vae, schedule, device=device, dtype=dtype, reference_rule=reference_rule,
+                   channels_last=channels_last)
 
     # ---- inputs ------------------------------------------------------------------------------
     def check_image(self, image: torch.Tensor) -> torch.Tensor:

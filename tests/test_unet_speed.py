@@ -104,3 +104,31 @@ def test_main_prints_table_and_summary(capsys):
     assert name in FAST and float(ratio) >= 1.0
     rows = {line.split("  ")[0].strip() for line in out if line.startswith(tuple(FAST))}
     assert rows >= set(FAST)
+
+
+@torch.no_grad()
+def test_pipeline_channels_last_option(tmp_path):
+    """EmoPipeline(..., channels_last=True) (through from_folder): the backbone's convolutions in
+    channels_last, the same video up to float rounding; off by default."""
+    from emo_core.checkpoints import save_model
+    from emo_core.models.emo import EmoNet
+    from emo_core.pipeline import EmoPipeline
+    from emo_core.vae import tiny_vae
+
+    torch.manual_seed(0)
+    save_model(EmoNet(EmoConfig.tiny(family="emo")), tmp_path / "m")
+    tiny_vae(0).vae.save_pretrained(tmp_path / "m" / "sd-vae-ft-mse")
+    pipes = [EmoPipeline.from_folder(tmp_path / "m"), EmoPipeline.from_folder(tmp_path / "m", channels_last=True)]
+    convs = [[m.weight for m in p.net.denoising_unet.modules()
+              if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)] for p in pipes]
+    assert convs[0] and all(w.is_contiguous() for w in convs[0])
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs[1])
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(64, 64, 3, generator=g)
+    a = pipes[0].cfg.audio
+    windows = torch.randn(6, a.window, a.feature_blocks, a.feature_dim, generator=g)
+    speed = torch.full((6,), 3.0)
+    videos = [torch.cat(list(p.generate(p.encode_reference(image), windows, speed=speed, steps=3, guidance=3.5,
+                                        seed=1))) for p in pipes]
+    assert videos[0].shape == (6, 64, 64, 3)
+    torch.testing.assert_close(videos[1], videos[0], rtol=0, atol=1e-4)  # float rounding, nothing more
