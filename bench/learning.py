@@ -80,14 +80,21 @@ def _pix(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
 
 
-def clip_speed(yaw: np.ndarray, frames: int) -> float:
-    """Head speed of a video from its per-frame measured yaw (degrees): per clip of ``frames``,
-    the absolute slope of a least-squares line through the yaw track, averaged over the clips,
-    so frame-to-frame jitter averages out instead of adding to the speed (mean |d yaw| counts
-    every wobble as motion)."""
+def clip_slopes(yaw: np.ndarray, frames: int) -> list[float]:
+    """Per clip of ``frames``: the absolute slope of a least-squares line through the yaw track
+    (degrees per frame)."""
+    if frames < 2:
+        return []
     t = np.arange(frames, dtype=np.float64)
-    slopes = [abs(np.polyfit(t, yaw[i:i + frames], 1)[0]) for i in range(0, len(yaw) - frames + 1, frames)]
-    return float(np.mean(slopes)) if frames > 1 and slopes else 0.0
+    return [abs(np.polyfit(t, yaw[i:i + frames], 1)[0]) for i in range(0, len(yaw) - frames + 1, frames)]
+
+
+def clip_speed(yaw: np.ndarray, frames: int) -> float:
+    """Head speed of a video from its per-frame measured yaw (degrees): ``clip_slopes`` averaged
+    over the clips, so frame-to-frame jitter averages out instead of adding to the speed (mean
+    |d yaw| counts every wobble as motion)."""
+    slopes = clip_slopes(yaw, frames)
+    return float(np.mean(slopes)) if slopes else 0.0
 
 
 def measure(cases, imgs, frames: int) -> dict:
@@ -96,6 +103,7 @@ def measure(cases, imgs, frames: int) -> dict:
     mouth, loud, colour_err, inside, yaws = [], [], [], [], []
     speeds: dict[float, list] = {}
     jitter: dict[float, list] = {}
+    first: dict[float, list] = {}  # the first clip's speed (its motion frames are reference copies)
     for c, clip in zip(cases, imgs):
         ms = [S.measure_frame(f, c["identity"]) for f in clip]
         mouth += [x["mouth"] for x in ms]
@@ -108,12 +116,15 @@ def measure(cases, imgs, frames: int) -> dict:
                    for x in ms]
         yaw = np.array([x["yaw"] for x in ms])
         speeds.setdefault(c["speed"], []).append(clip_speed(yaw, frames))
+        slopes = clip_slopes(yaw, frames)
+        first.setdefault(c["speed"], []).append(slopes[0] if slopes else 0.0)
         jitter.setdefault(c["speed"], []).append(float(np.abs(np.diff(yaw)).mean()))
         yaws.append(yaw)
     corr = float(np.corrcoef(mouth, loud)[0, 1]) if np.std(mouth) > 0 else 0.0
     return {"mouth_corr": corr, "colour_err": float(np.mean(colour_err)), "inside_box": float(np.mean(inside)),
             "speed": {k: float(np.mean(v)) for k, v in sorted(speeds.items())},
             "abs_dyaw": {k: float(np.mean(v)) for k, v in sorted(jitter.items())},
+            "speed_first_clip": {k: float(np.mean(v)) for k, v in sorted(first.items())},
             "seam": join_ratio(yaws, frames), "images": imgs}
 
 
@@ -161,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--join-denoise", type=float, default=None,
                    help="clips after the first start from their last motion frame at this level of the schedule "
                         "(default: the EMO family's, emo_core.families; 1 = from pure noise)")
+    p.add_argument("--speed-guidance", type=float, default=None,
+                   help="its own guidance scale on the speed (emo_core.sampling.guidance.guided_speed); default: plain CFG")
     p.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
                    help="skip training; evaluate this stage-3 checkpoint (diagnostics)")
     p.add_argument("--configs", default=str(CONFIGS), help="folder with tiny_stage{1,2,3}.json")
@@ -214,7 +227,7 @@ def main(argv=None) -> int:
     cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds, clips=args.clips)
     kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
               expand=cfg["data"]["mask_expand"], codec=build_codec(cfg["latents"]), steps=args.ddim_steps,
-              cfg_scale=args.cfg, seed=seed, join_denoise=join_denoise)
+              cfg_scale=args.cfg, seed=seed, join_denoise=join_denoise, speed_guidance=args.speed_guidance)
     t_eval = time.time()
     r_un = evaluate(untrained, schedule, cases, **kw)
     r_tr = evaluate(trained, schedule, cases, **kw)
@@ -242,6 +255,8 @@ def main(argv=None) -> int:
     row("clip joins: |d yaw| across / inside (~1)", *(r["seam"] for r in rs))
     for s in sorted(r_tr["speed"]):
         row(f"head speed asked {s:g} deg/frame -> measured", *(r["speed"][s] for r in rs))
+    for s in sorted(r_tr["speed"]):
+        row(f"  (first clip alone at asked {s:g})", *(r["speed_first_clip"][s] for r in rs))
     for s in sorted(r_tr["speed"]):
         row(f"  (mean |d yaw| at asked {s:g}, jitter included)", *(r["abs_dyaw"][s] for r in rs))
     sp = [r_tr["speed"][s] for s in sorted(r_tr["speed"])]

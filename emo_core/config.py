@@ -171,6 +171,9 @@ class SpeedConfig:
     context: int = 2  # m
     hidden_dim: int = 256
     token_dim: int = 768
+    # also a per-frame scale and shift of the temporal features from the speed tokens (FiLM,
+    # zero-initialised) beside the cross-attention: the speed multiplies what the frames attend with
+    film: bool = False
 
     def __post_init__(self):
         if len(self.bucket_centers) != len(self.bucket_radii):

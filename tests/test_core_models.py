@@ -1,5 +1,6 @@
 """The EMO network on tiny configs: shapes, the data flow of reference features, speed layers."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -85,13 +86,16 @@ def test_speed_encoding_matches_formula():
     assert SpeedEncoder(cfg)(w).shape == (1, 4, cfg.token_dim)
 
 
-def test_speed_layers_start_as_identity():
+@pytest.mark.parametrize("film", [False, True])
+def test_speed_layers_start_as_identity(film):
     torch.manual_seed(0)
-    net = EmoNet(EmoConfig.tiny())
-    # Give every layer but the speed attention's output projection non-trivial weights.
+    cfg = EmoConfig.tiny()
+    net = EmoNet(replace(cfg, speed=replace(cfg.speed, film=film)))
+    assert any(".speed_film." in n for n, _ in net.named_parameters()) == film
+    # Give every layer but the speed layers' zero-initialised outputs non-trivial weights.
     randomize(net)
     for name, p in net.named_parameters():
-        if "speed_attention.to_out" in name:
+        if "speed_attention.to_out" in name or ".speed_film." in name:
             p.data.zero_()
     net.eval()
     x, cond = conditioning(net)

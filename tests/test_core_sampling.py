@@ -7,7 +7,7 @@ from emo_core import families
 from emo_core.chaining import chain_clips, plan_clips
 from emo_core.pipeline import EmoPipeline
 from emo_core.sampling.ddim import Schedule, sample_ddim
-from emo_core.sampling.guidance import batch_conditions, guided, unconditional
+from emo_core.sampling.guidance import batch_conditions, guided, guided_speed, unconditional, without_speed
 from test_core_models import conditioning, make_net, randomize
 
 
@@ -59,6 +59,26 @@ def test_cfg_batching_equals_two_passes():
     assert torch.all(unc.audio == 0) and torch.all(unc.face == 0) and not unc.reference.active.any()
     both = batch_conditions(unc, cond)
     assert both.audio.shape[0] == 2 and both.reference.active.tolist() == [False, True]
+
+
+def test_speed_guidance_equals_three_passes():
+    """guided_speed: one batched forward on [uncond, cond without speed, cond]; its own scale on
+    the speed; with the speed's scale equal to the guidance scale, plain CFG."""
+    net = make_net("emo")
+    x, cond = conditioning(net)
+    assert cond.speed is not None
+    null = net.identity_tokens(None, 1)
+    with torch.no_grad():
+        u = net(x, 400, unconditional(cond, null))
+        still = net(x, 400, without_speed(cond))
+        c = net(x, 400, cond)
+        out = guided_speed(net, cond, null, 2.0, 5.0)(x, 400)
+        plain = guided_speed(net, cond, null, 2.0, 2.0)(x, 400)
+    assert not torch.allclose(still, c)  # the speed changes the prediction
+    torch.testing.assert_close(out, u + 2.0 * (still - u) + 5.0 * (c - still), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, guided(net, cond, null, 2.0)(x, 400), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="speed guidance"):
+        guided_speed(net, cond, null, 2.0, float("nan"))
 
 
 @pytest.mark.parametrize("seconds,fps", [(3.37, 25), (3.37, 30), (0.04, 25), (1.0, 24), (2.5, 29.97)])

@@ -119,7 +119,8 @@ class Block(nn.Module):
                 self.motion_modules.append(TemporalModule(
                     out_channels, tc.num_attention_heads, tc.num_transformer_blocks, tc.attention_blocks,
                     tc.position_encoding_max_len, tc.norm_num_groups,
-                    cfg.speed.token_dim if cfg.speed is not None else None))
+                    cfg.speed.token_dim if cfg.speed is not None else None,
+                    cfg.speed is not None and cfg.speed.film))
         if kind == "mid":
             # SD's mid block: ResNet, then (attention, ResNet) pairs.
             self.resnets.append(ResnetBlock2D(in_channels=out_channels, out_channels=out_channels, temb_channels=temb,

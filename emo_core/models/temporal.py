@@ -12,7 +12,8 @@ a model without trained speed layers behaves exactly as before.
 
 Checkpoint keys follow AnimateDiff: ``temporal_transformer.{norm,proj_in,proj_out}``,
 ``transformer_blocks.N.{attention_blocks.K,norms.K,ff,ff_norm}``, ``pos_encoder.pe``.
-Speed layers add ``transformer_blocks.N.{speed_attention,speed_norm}``.
+Speed layers add ``transformer_blocks.N.{speed_attention,speed_norm}`` (and ``speed_film`` with
+``SpeedConfig.film``).
 """
 from __future__ import annotations
 
@@ -56,13 +57,18 @@ class TemporalAttention(Attention):
 
 
 class TemporalBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, attention_blocks: int, max_len: int, speed_dim: int | None):
+    def __init__(self, dim: int, heads: int, attention_blocks: int, max_len: int, speed_dim: int | None,
+                 speed_film: bool = False):
         super().__init__()
         self.attention_blocks = nn.ModuleList(TemporalAttention(dim, heads, max_len) for _ in range(attention_blocks))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(attention_blocks))
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(dim)
-        self.speed_attention = self.speed_norm = None
+        self.speed_attention = self.speed_norm = self.speed_film = None
+        if speed_dim is not None and speed_film:
+            self.speed_film = nn.Linear(speed_dim, 2 * dim)
+            nn.init.zeros_(self.speed_film.weight)
+            nn.init.zeros_(self.speed_film.bias)
         if speed_dim is not None:
             self.speed_norm = nn.LayerNorm(dim)
             self.speed_attention = Attention(query_dim=dim, cross_attention_dim=speed_dim, heads=heads,
@@ -76,6 +82,9 @@ class TemporalBlock(nn.Module):
         if self.speed_attention is not None and speed_tokens is not None:
             # before the frames attend to each other, so the speed shapes how far they look
             x = self.speed_attention(self.speed_norm(x), encoder_hidden_states=speed_tokens) + x
+            if self.speed_film is not None:  # each frame's own speed scales and shifts its features
+                scale, shift = self.speed_film(speed_tokens).chunk(2, dim=-1)
+                x = x * (1 + scale) + shift
         for attn, norm in zip(self.attention_blocks, self.norms):
             h = attn.pos_encoder(norm(x))
             x = attn(h) + x
@@ -84,12 +93,12 @@ class TemporalBlock(nn.Module):
 
 class TemporalTransformer(nn.Module):
     def __init__(self, channels: int, heads: int, blocks: int, attention_blocks: int, max_len: int,
-                 norm_groups: int, speed_dim: int | None):
+                 norm_groups: int, speed_dim: int | None, speed_film: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            TemporalBlock(channels, heads, attention_blocks, max_len, speed_dim) for _ in range(blocks))
+            TemporalBlock(channels, heads, attention_blocks, max_len, speed_dim, speed_film) for _ in range(blocks))
         self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, num_frames: int, speed_tokens: torch.Tensor | None) -> torch.Tensor:
@@ -111,10 +120,10 @@ class TemporalModule(nn.Module):
     front of the clip on the frame axis, attends over time, and returns the clip's frames."""
 
     def __init__(self, channels: int, heads: int, blocks: int = 1, attention_blocks: int = 2, max_len: int = 32,
-                 norm_groups: int = 32, speed_dim: int | None = None):
+                 norm_groups: int = 32, speed_dim: int | None = None, speed_film: bool = False):
         super().__init__()
         self.temporal_transformer = TemporalTransformer(
-            channels, heads, blocks, attention_blocks, max_len, norm_groups, speed_dim)
+            channels, heads, blocks, attention_blocks, max_len, norm_groups, speed_dim, speed_film)
         nn.init.zeros_(self.temporal_transformer.proj_out.weight)
         nn.init.zeros_(self.temporal_transformer.proj_out.bias)
 

@@ -34,26 +34,21 @@ def unconditional(cond: Conditioning, null_identity: torch.Tensor | None) -> Con
     )
 
 
-def batch_conditions(uncond: Conditioning, cond: Conditioning) -> Conditioning:
-    """[uncond, cond] along the batch, field by field."""
-    def cat(a, b):
-        if a is None and b is None:
-            return None
-        return torch.cat([a, b])
+def batch_conditions(*conds: Conditioning) -> Conditioning:
+    """The conditionings concatenated along the batch, field by field ([uncond, cond] for CFG)."""
+    def cat(values):
+        return None if all(v is None for v in values) else torch.cat(values)
 
+    first = conds[-1]
     ref = None
-    if cond.reference is not None:
-        ref = ReferenceFeatures.cat([uncond.reference, cond.reference])
+    if first.reference is not None:
+        ref = ReferenceFeatures.cat([c.reference for c in conds])
     masks = None
-    if cond.region_masks is not None:
-        masks = {k: [_rows2(m) for m in v] for k, v in cond.region_masks.items()}
-    return Conditioning(reference=ref, identity=cat(uncond.identity, cond.identity), audio=cat(uncond.audio, cond.audio),
-                        face=cat(uncond.face, cond.face), speed=cat(uncond.speed, cond.speed),
-                        region_masks=masks, region_weights=cond.region_weights)
-
-
-def _rows2(mask: torch.Tensor) -> torch.Tensor:
-    return torch.cat([mask, mask])
+    if first.region_masks is not None:
+        masks = {k: [torch.cat([m] * len(conds)) for m in v] for k, v in first.region_masks.items()}
+    return Conditioning(reference=ref, identity=cat([c.identity for c in conds]), audio=cat([c.audio for c in conds]),
+                        face=cat([c.face for c in conds]), speed=cat([c.speed for c in conds]),
+                        region_masks=masks, region_weights=first.region_weights)
 
 
 def guided(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float):
@@ -64,6 +59,31 @@ def guided(model, cond: Conditioning, null_identity: torch.Tensor | None, scale:
     if scale <= 1.0:
         return lambda x, t: model(x, t, cond)
     return guided_batched(model, batch_conditions(unconditional(cond, null_identity), cond), scale)
+
+
+def without_speed(cond: Conditioning) -> Conditioning:
+    """``cond`` with the speed tokens zeroed (what ``dropout.speed`` trains): every other condition kept."""
+    return replace(cond, speed=None if cond.speed is None else torch.zeros_like(cond.speed))
+
+
+def guided_speed(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float, speed_scale: float):
+    """CFG with its own scale on the speed (InstructPix2Pix's two-condition guidance, arXiv
+    2211.09800): one forward on [uncond, cond without speed, cond] and
+    ``uncond + scale * (no_speed - uncond) + speed_scale * (cond - no_speed)``, so the asked speed is
+    amplified apart from the audio and the portrait (``speed_scale == scale``: plain CFG's result).
+    Needs a model trained with ``dropout.speed``, whose speed-free rows are what ``no_speed`` asks."""
+    if cond.speed is None:
+        return guided(model, cond, null_identity, scale)
+    for name, v in (("guidance", scale), ("speed guidance", speed_scale)):
+        if not math.isfinite(float(v)) or v < 0:
+            raise ValueError(f"{name}: expected a finite scale >= 0, got {v}")
+    both = batch_conditions(unconditional(cond, null_identity), without_speed(cond), cond)
+
+    def model_fn(x, t):
+        out_uncond, out_still, out_cond = model(torch.cat([x, x, x]), t, both).chunk(3)
+        return out_uncond + scale * (out_still - out_uncond) + speed_scale * (out_cond - out_still)
+
+    return model_fn
 
 
 def guided_batched(model, both: Conditioning, scale: float):

@@ -28,7 +28,7 @@ from ..checkpoints import WEIGHTS_FILE, CheckpointError, init_from_sd15, init_mo
 from ..config import EmoConfig
 
 CHECKPOINT_FORMAT = "emo-checkpoint-1"
-SPEED_KEYS = r"(\.speed_(attention|norm)\.|^speed_encoder\.)"
+SPEED_KEYS = r"(\.speed_(attention|norm|film)\.|^speed_encoder\.)"
 
 
 class InitError(ValueError):

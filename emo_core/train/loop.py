@@ -35,7 +35,7 @@ from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning, DeepCache
 from ..models.emo import EmoNet
 from ..sampling.ddim import Schedule, predicted_x0_and_eps, sample_ddim, training_target
-from ..sampling.guidance import batch_conditions, guided, guided_on_interval, unconditional
+from ..sampling.guidance import batch_conditions, guided, guided_on_interval, guided_speed, unconditional
 from ..sampling.samplers import check_sampler, sigma_interval
 from ..sampling.samplers import sample as sample_sigmas
 from . import data as D
@@ -65,7 +65,7 @@ DEFAULTS: dict = {
 }
 
 
-SPEED_PARAM = re.compile(r"(^speed_encoder\.|\.speed_(attention|norm)\.)")
+SPEED_PARAM = re.compile(r"(^speed_encoder\.|\.speed_(attention|norm|film)\.)")
 
 
 class TrainConfigError(ValueError):
@@ -367,12 +367,13 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
                   mask: torch.Tensor, audio: torch.Tensor | None, speed: torch.Tensor | None, frames: int, *,
                   steps: int = 20, cfg_scale: float = 3.5, seed: int = 0, region_masks=None, sampler: str = "ddim",
                   guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
-                  join_denoise: float = 1.0) -> torch.Tensor:
+                  join_denoise: float = 1.0, speed_guidance: float | None = None) -> torch.Tensor:
     """Samples one clip with DDIM + CFG, as inference does. reference [b, 3, S, S] and motion
     [b, n, 3, S, S] pixels in [-1, 1]; returns pixels [b, frames, 3, S, S]. ``sampler``,
     ``guidance_interval`` (sigmas), ``deep_cache``: as ``EmoPipeline.sample_clip``;
     ``join_denoise`` < 1: the clip starts from its last motion frame at that level of the
-    schedule (``chaining.join_timestep``; for clips after the first)."""
+    schedule (``chaining.join_timestep``; for clips after the first). ``speed_guidance``: its own
+    guidance scale on the speed (``guidance.guided_speed``, three rows per step); None: plain CFG."""
     dev = net.device
     b = reference.shape[0]
     ref_lat = codec.encode(reference.to(dev)).to(net.dtype)
@@ -383,7 +384,11 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
                                        None if speed is None else speed.to(dev), region_masks=region_masks)
     cache = None if deep_cache is None else DeepCache(deep_cache)
     model = lambda x, t, c: net.denoising_unet(x, t, c, cache=cache)
-    if guidance_interval is not None and cfg_scale > 1.0:
+    if speed_guidance is not None and speed is not None:
+        if guidance_interval is not None:
+            raise ValueError("speed_guidance: not with guidance_interval")
+        fn = guided_speed(model, cond, null_identity, cfg_scale, speed_guidance)
+    elif guidance_interval is not None and cfg_scale > 1.0:
         both = batch_conditions(unconditional(cond, null_identity), cond)
         fn = guided_on_interval(model, both, cfg_scale, sigma_interval(schedule, *guidance_interval))
     else:

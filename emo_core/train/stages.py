@@ -27,7 +27,7 @@ STAGE_RULES: dict[int, dict[str, list[str]]] = {
     1: {"trainable": [r"^reference_unet\.", SPATIAL, r"^face_locator\.", r"^imageproj\."], "frozen": []},
     2: {"trainable": [r"^reference_unet\.", SPATIAL, r"^face_locator\.", r"^imageproj\.",
                       r"^denoising_unet\..*\.motion_modules\.", r"^denoising_unet\..*\.audio_modules\.", r"^audioproj\."],
-        "frozen": [r"\.speed_(attention|norm)\."]},
+        "frozen": [r"\.speed_(attention|norm|film)\."]},
     3: {"trainable": [r"^denoising_unet\..*\.motion_modules\.", r"^speed_encoder\."], "frozen": []},
 }
 
