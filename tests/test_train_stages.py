@@ -120,6 +120,30 @@ def test_three_stages_learn_and_freeze(shards, tmp_path):
                        _net_at(cfg, prev).state_dict()["speed_encoder.mlp.0.weight"])
 
 
+def test_stage3_adds_speed_film_to_a_stage2_checkpoint(shards, tmp_path):
+    """model.overrides.speed.film (a --set on a key the config file does not spell out): stage 3
+    from a FiLM-free stage-2 checkpoint starts the FiLM layers fresh at zero (the same output),
+    trains them, and the checkpoint loads back with them."""
+    r1 = train(_cfg(1, shards, tmp_path / "s1", 2), log=lambda s: None)
+    r2 = train(_cfg(2, shards, tmp_path / "s2", 2, checkpoint=r1.final), log=lambda s: None)
+    plain = _cfg(3, shards, tmp_path / "p", 2, checkpoint=r2.final)
+    film = load_config(plain, ["model.overrides.speed.film=true"])
+    film["init"] = plain["init"]
+    net, ec, report = build_net(film)
+    assert ec.speed.film and "left fresh" in report[0]
+    names = [n for n, _ in net.named_parameters() if ".speed_film." in n]
+    assert names and set(names) <= set(apply_stage(net, 3))
+    assert all(torch.count_nonzero(p) == 0 for n, p in net.named_parameters() if ".speed_film." in n)
+    b = _fixed_batch(film, net)
+    base, _, _ = build_net(plain)
+    assert _loss(film, net, b) == pytest.approx(_loss(plain, base, b), abs=1e-6)
+    r3 = train(film, log=lambda s: None)
+    state = _net_at(film, r3.final).state_dict()
+    assert any(torch.count_nonzero(state[n]) for n in names)  # trained
+    with pytest.raises(TrainConfigError, match="overridez"):
+        load_config(plain, ["model.overridez.speed.film=true"])
+
+
 def test_condition_dropout_uses_the_cfg_null_inputs():
     from emo_core.config import EmoConfig
     from emo_core.models.emo import EmoNet

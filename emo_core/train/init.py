@@ -148,7 +148,10 @@ def init_checkpoint(net: nn.Module, path, stage: int) -> list[str]:
     elif ck_cfg is not None:
         a, b = ck_cfg.to_dict(), net.cfg.to_dict()
         diff = sorted(k for k in a if a[k] != b.get(k) and k not in ("clip_frames", "motion_frames"))
-        if diff:
+        if diff == ["speed"] and a["speed"] is not None and b["speed"] is not None \
+                and {**a["speed"], "film": None} == {**b["speed"], "film": None} and b["speed"]["film"]:
+            fresh_ok.append(r"\.speed_film\.")  # FiLM added to trained speed layers: starts as identity
+        elif diff:
             raise InitError(f"{path}: its model config differs from this run's in {diff}; start from a "
                             "checkpoint of the same architecture")
     fresh = load_into(net, state, what=f"checkpoint {path}", fresh_ok=fresh_ok)

@@ -105,7 +105,8 @@ def load_config(source, overrides: list[str] = ()) -> dict:
             if not isinstance(node.get(p), dict):
                 raise TrainConfigError(f"override {key!r}: {p!r} is not a section")
             node = node[p]
-        if parts[-1] not in node and node is not cfg["init"] and node is not cfg["schedule"]:
+        free = node is cfg["init"] or node is cfg["schedule"] or key.startswith("model.overrides.")  # checked later
+        if parts[-1] not in node and not free:
             raise TrainConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
         node[parts[-1]] = value
     if cfg["stage"] not in (1, 2, 3):
