@@ -69,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seamless clip joins: clips after the first start from the previous clip's last frame at "
                         "this fraction of the schedule, in (0, 1] (1 = from pure noise; default: the model's, EMO "
                         "0.6, Hallo and EchoMimic 1 as their own code)")
+    p.add_argument("--speed-guidance", type=float, default=None,
+                   help="guidance scale of the head speed alone, >= 0 (models with speed layers, with --cfg > 1): "
+                        "how strongly the asked speed is followed; equal to --cfg: plain guidance (default: the "
+                        "model's, EMO 5)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2^64-1")
     p.add_argument("--speed", type=float, default=None,
                    help="constant head-rotation speed target, degrees per frame, >= 0 (models with speed layers)")
@@ -152,12 +156,16 @@ def validate_args(args) -> None:
     for option, check, value in (("--steps", checks.steps, args.steps), ("--cfg", checks.guidance, args.cfg),
                                  ("--speed", checks.speed, args.speed), ("--fps", checks.fps, args.fps),
                                  ("--seed", checks.seed, args.seed), ("--crf", checks.crf, args.crf),
-                                 ("--expand", checks.expand, args.expand)):
+                                 ("--expand", checks.expand, args.expand),
+                                 ("--speed-guidance", checks.guidance, args.speed_guidance)):
         if value is not None:
             try:
                 check(value, option)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+    if args.speed_guidance is not None and args.cfg is not None and args.cfg <= 1.0:
+        raise UsageError(f"--speed-guidance {args.speed_guidance:g}: needs classifier-free guidance, --cfg > 1 "
+                         f"(got --cfg {args.cfg:g})")
     if args.join_denoise is not None and not 0.0 < args.join_denoise <= 1.0:
         raise UsageError(f"--join-denoise: expected a fraction of the schedule in (0, 1], got {args.join_denoise}")
     for option, check, value in (("--sampler", check_sampler, args.sampler), ("--preset", preset, args.preset)):
@@ -446,7 +454,8 @@ def generate(args) -> int:
             for clip in pipe.generate(ref, windows, face_mask=mask, region_masks=regions, speed=speed,
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
                                       motion_start=args.motion_start, callback=progress, num_frames=frames,
-                                      sampler=sampler, guidance_interval=interval, join_denoise=args.join_denoise):
+                                      sampler=sampler, guidance_interval=interval, join_denoise=args.join_denoise,
+                                      speed_guidance=args.speed_guidance):
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:

@@ -25,7 +25,8 @@ import torch
 
 from .models.attention import ReferenceFeatures
 from .models.backbone import Conditioning
-from .sampling.guidance import batch_conditions, guided_batched, guided_on_interval, unconditional
+from .sampling.guidance import (batch_conditions, check_speed_guidance, guided_batched, guided_on_interval,
+                                guided_speed_batched, speed_rows, unconditional)
 
 
 @dataclass
@@ -125,21 +126,31 @@ def clip_conditioning(net, ref: ReferenceState, *, audio_windows: torch.Tensor |
 
 def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents: torch.Tensor | None, *,
              frames: int, guidance: float, model: Callable | None = None,
-             interval: Callable | None = None) -> Callable:
+             interval: Callable | None = None, speed_guidance: float | None = None) -> Callable:
     """``model_fn(x, t)`` for a sampler: the backbone on this clip's conditioning, with
     classifier-free guidance (one batched forward) when ``guidance > 1``.
 
     ``model(x, t, cond)`` defaults to ``net``; pass a wrapper to observe the raw predictions.
     ``interval(t) -> bool`` limits guidance to those timesteps (``samplers.sigma_interval``);
     elsewhere one forward of the guided batch's conditional half.
+    ``speed_guidance``: its own scale on the speed (``guidance.guided_speed``: three rows, the
+    speed-free one reading the portrait as the conditional row does); None, or a model without
+    speed tokens: plain CFG.
     Without cached portrait features (``ref.features is None``) ReferenceNet runs at every call."""
     model = net if model is None else model
     guided = guidance > 1.0
+    by_speed = speed_guidance is not None and cond.speed is not None
+    if by_speed:
+        check_speed_guidance(guidance, speed_guidance)
 
     def build() -> Conditioning:
         reference = rule.features(net, ref, motion_latents, frames=frames, guided=guided)
         if not guided:
             return replace(cond, reference=reference)
+        if by_speed:
+            if reference.batch != 2:
+                raise ValueError(f"speed guidance: the {rule.name!r} reference layout has no plain [uncond, cond] rows")
+            return replace(speed_rows(cond, ref.null_identity), reference=reference.rows([0, 1, 1]))
         both = batch_conditions(unconditional(cond, ref.null_identity), cond)
         return replace(both, reference=reference)
 
@@ -147,7 +158,9 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
         if not guided:
             return lambda x, t: model(x, t, built)
         if interval is not None:
-            return guided_on_interval(model, built, guidance, interval)
+            return guided_on_interval(model, built, guidance, interval, speed_guidance if by_speed else None)
+        if by_speed:
+            return guided_speed_batched(model, built, guidance, speed_guidance)
         return guided_batched(model, built, guidance)
 
     if ref.features is None:  # caching off: the portrait goes through ReferenceNet at every step

@@ -21,6 +21,7 @@ from .config import EmoConfig
 from .models.backbone import DeepCache
 from .models.emo import EmoNet
 from .sampling.ddim import Schedule, sample_ddim
+from .sampling.guidance import check_speed_guidance
 from .sampling.samplers import check_sampler, sigma_interval, to_model_space
 from .sampling.samplers import sample as sample_sigmas
 from .vae import Vae
@@ -149,7 +150,8 @@ class EmoPipeline:
                     callback: Callable | None = None, sampler: str = "ddim",
                     guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
                     interval: Callable | None = None, sample_fn: Callable | None = None,
-                    start_from: torch.Tensor | None = None, join_denoise: float = 1.0) -> torch.Tensor:
+                    start_from: torch.Tensor | None = None, join_denoise: float = 1.0,
+                    speed_guidance: float | None = None) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
@@ -164,9 +166,13 @@ class EmoPipeline:
         ``start_from`` [4, h, w] (the previous clip's last frame, latents) with ``join_denoise`` < 1:
         the clip starts from that frame noised to that level of the schedule and runs the steps from
         there (``chaining.join_timestep``).
+        ``speed_guidance``: its own guidance scale on the speed (``guidance.guided_speed``; needs
+        ``guidance`` > 1; no effect without a speed or speed layers); None: the family's default
+        (EMO's when ``guidance`` > 1; ``speed_guidance == guidance``: plain CFG).
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
+        speed_guidance = self.speed_guidance(speed_guidance, guidance, speed)
         if guidance_interval is not None:
             interval = sigma_interval(self.schedule, *guidance_interval)
         f = audio_windows.shape[0]
@@ -181,7 +187,7 @@ class EmoPipeline:
             cache = DeepCache(deep_cache)
             model = lambda x, t, c: self.net.denoising_unet(x, t, c, cache=cache)
         guided_fn = denoiser(self.net, ref, cond, self.rule, motion_latents, frames=f, guidance=guidance,
-                             interval=interval, model=model)
+                             interval=interval, model=model, speed_guidance=speed_guidance)
         # The sampler's state stays in float32 (float64 for float64 models) whatever the network runs in.
         state = torch.float64 if self.dtype == torch.float64 else torch.float32
 
@@ -203,6 +209,16 @@ class EmoPipeline:
         step_cb = None if callback is None else (
             lambda s: callback({"step": s["i"] + 1, "steps": run, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
         return sample_ddim(model_fn, x, self.schedule, steps, callback=step_cb, start_t=start_t)
+
+    def speed_guidance(self, value: float | None, guidance: float, speed: torch.Tensor | None) -> float | None:
+        """The speed's guidance scale a clip is sampled with: ``value``, or the model family's default
+        when CFG is on (None when there is no speed to guide or no speed layers); checked."""
+        if speed is None or self.net.speed_encoder is None:
+            return None
+        if value is None:
+            return families.family_of(self.cfg).speed_guidance if guidance > 1.0 else None
+        check_speed_guidance(guidance, value)
+        return value
 
     def _sample_sigmas(self, sampler: str, model_fn: Callable, noise: torch.Tensor, steps: int, callback,
                        start_t: int | None = None, run: int | None = None):
@@ -234,7 +250,7 @@ class EmoPipeline:
                  callback: Callable | None = None, num_frames: int | None = None, sampler: str = "ddim",
                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
                  interval: Callable | None = None, sample_fn: Callable | None = None,
-                 join_denoise: float | None = None) -> Iterator[torch.Tensor]:
+                 join_denoise: float | None = None, speed_guidance: float | None = None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
@@ -243,7 +259,8 @@ class EmoPipeline:
         ``sample_fn``: as ``sample_clip``. ``join_denoise``: every clip after the first starts from the
         previous clip's last frame at this level of the schedule (``chaining.join_timestep``; 1 = from
         pure noise; None: the model family's default, 1 for Hallo and EchoMimic as their own code
-        does; not used with ``sample_fn``, whose sigmas are the caller's)."""
+        does; not used with ``sample_fn``, whose sigmas are the caller's). ``speed_guidance``: as
+        ``sample_clip``."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         sampler = check_sampler(sampler)
         if guidance_interval is not None:
@@ -257,6 +274,7 @@ class EmoPipeline:
                              f"guidance_interval={guidance_interval}, deep_cache={deep_cache}")
         join_denoise = families.family_of(self.cfg).join_denoise if join_denoise is None else join_denoise
         join_timestep(self.schedule, steps, join_denoise)  # checked before the first clip
+        speed_guidance = self.speed_guidance(speed_guidance, guidance, speed)  # checked before the first clip
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
@@ -293,7 +311,7 @@ class EmoPipeline:
                                        sampler=sampler, guidance_interval=guidance_interval, deep_cache=deep_cache,
                                        interval=interval, sample_fn=sample_fn,
                                        start_from=None if index == 0 or motion_latents is None else motion_latents[-1],
-                                       join_denoise=join_denoise)
+                                       join_denoise=join_denoise, speed_guidance=speed_guidance)
             return self.decode(latents)
 
         with _release_memory(self.device):

@@ -61,12 +61,17 @@ class EmoGenerate:
                                                       "schedule (1 = from pure noise; 0 = the model's default: EMO "
                                                       "0.6, Hallo and EchoMimic 1, as their own code). Not used with "
                                                       "a connected SAMPLER + SIGMAS"}),
+                "speed_guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.5,
+                                             "tooltip": "how strongly the head follows the asked speed (EMO Speed): "
+                                                        "the speed's own guidance scale, with cfg > 1 (0 = the "
+                                                        "model's default: EMO 5; equal to cfg = plain guidance). "
+                                                        "Only for models with speed layers"}),
             },
         }
 
     def generate(self, emo_model, reference, emo_audio, audio, steps, cfg, seed, motion_start="reference",
                  keep_frames="all", preset=CUSTOM_PRESET, face_mask=None, regions=None, speed=None, sampler=None,
-                 sigmas=None, join_denoise=0.0):
+                 sigmas=None, join_denoise=0.0, speed_guidance=0.0):
         import uuid
 
         import torch
@@ -86,6 +91,13 @@ class EmoGenerate:
             raise EmoNodeError(f"join_denoise: expected 0 (the model's default) or a fraction of the schedule up to 1, "
                                f"got {join_denoise}")
         join = None if float(join_denoise) == 0.0 else float(join_denoise)
+        if not 0.0 <= float(speed_guidance) < float("inf"):
+            raise EmoNodeError(f"speed_guidance: expected 0 (the model's default) or a guidance scale > 0, "
+                               f"got {speed_guidance}")
+        if float(speed_guidance) > 0.0 and cfg <= 1.0 and speed is not None:
+            raise EmoNodeError(f"speed_guidance {speed_guidance:g} needs cfg > 1 (got {cfg:g}): set cfg above 1, or "
+                               "speed_guidance to 0")
+        speed_scale = None if float(speed_guidance) == 0.0 else float(speed_guidance)
         if (sampler is not None or sigmas is not None) and preset != CUSTOM_PRESET:
             raise EmoNodeError(f"preset {preset!r} chooses its own sampler and steps, so does the connected SAMPLER + "
                                "SIGMAS: set preset to custom (the SAMPLER, SIGMAS and the cfg widget then decide), or "
@@ -133,7 +145,8 @@ class EmoGenerate:
                                           region_masks=regions_for(emo_model, regions, mask, size), speed=sp,
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
                                           callback=progress, num_frames=total, sampler=sampler_name,
-                                          guidance_interval=interval, sample_fn=sample_fn, join_denoise=join):
+                                          guidance_interval=interval, sample_fn=sample_fn, join_denoise=join,
+                                          speed_guidance=speed_scale):
                     clip = clip.float().cpu()
                     if clip.shape[0] == 0:
                         continue

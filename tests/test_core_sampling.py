@@ -357,3 +357,33 @@ def test_later_clips_start_from_the_previous_clips_last_frame(monkeypatch):
     starts.clear()
     list(pipe.generate(ref, windows, steps=steps, guidance=1.0, seed=seed, join_denoise=1.0))
     assert [s[1] for s in starts] == [None, None]
+
+
+def test_pipeline_speed_guidance(monkeypatch):
+    """EmoPipeline.generate(speed_guidance=): the speed's own scale over three rows; equal to the
+    guidance scale it gives plain CFG's video; the EMO family's default applies when none is
+    given and CFG is on; without CFG it is refused before any clip; without a speed it is unused."""
+    pipe = EmoPipeline.tiny(seed=4, family="emo")
+    randomize(pipe.net, 5)  # speed layers that change the output
+    f, a = pipe.cfg.clip_frames, pipe.cfg.audio
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    windows = torch.randn(f + 2, a.window, a.feature_blocks, a.feature_dim)
+    speed = torch.linspace(0.5, 6.0, f + 2)
+
+    def video(**kw):
+        return torch.cat(list(pipe.generate(ref, windows, steps=3, guidance=2.5, seed=3, **kw)))
+
+    from dataclasses import replace
+
+    emo = families.FAMILIES["emo"]
+    assert emo.speed_guidance is not None and emo.speed_guidance > emo.guidance
+    monkeypatch.setitem(families.FAMILIES, "emo", replace(emo, speed_guidance=None))
+    plain = video(speed=speed)
+    torch.testing.assert_close(video(speed=speed, speed_guidance=2.5), plain, rtol=0, atol=1e-4)
+    strong = video(speed=speed, speed_guidance=8.0)
+    assert (strong - plain).abs().max() > 1e-3
+    monkeypatch.setitem(families.FAMILIES, "emo", replace(emo, speed_guidance=8.0))
+    torch.testing.assert_close(video(speed=speed), strong, rtol=0, atol=0)  # the family's default
+    torch.testing.assert_close(video(), video(speed_guidance=8.0), rtol=0, atol=0)  # no speed: unused
+    with pytest.raises(ValueError, match="speed guidance 5 needs classifier-free guidance"):
+        next(pipe.generate(ref, windows, steps=3, guidance=1.0, speed=speed, speed_guidance=5.0))

@@ -30,10 +30,12 @@ class Family:
     accelerated_guidance: float | None = None
     audio_as_hallo: bool = False  # wav2vec2 features computed as Hallo's preprocessing (hallo.py, quirk 7)
     join_denoise: float = 1.0  # clips after the first start from the last frame at this level (chaining.join_timestep)
+    # its own guidance scale on the speed (guidance.guided_speed) when CFG is on and a speed is given
+    speed_guidance: float | None = None
 
 
 FAMILIES = {
-    "emo": Family("emo", 40, 3.5, "clean", join_denoise=0.6),
+    "emo": Family("emo", 40, 3.5, "clean", join_denoise=0.6, speed_guidance=5.0),
     "hallo": Family(hallo.NAME, hallo.DEFAULT_STEPS, hallo.DEFAULT_CFG, "hallo", audio_as_hallo=True),
     "echomimic": Family("echomimic", 30, 2.5, "clean", accelerated_steps=6, accelerated_guidance=1.0),
 }

@@ -59,6 +59,13 @@ class ReferenceFeatures:
         active = None if self.active is None else self.active.expand(batch)
         return ReferenceFeatures(ex(self.spatial), ex(self.motion), active)
 
+    def rows(self, index: list[int]) -> "ReferenceFeatures":
+        """The features of these batch rows, in this order (e.g. [0, 1, 1]: a third row like the second)."""
+        idx = torch.tensor(index, device=self.device)
+        pick = lambda d: None if d is None else {k: v.index_select(0, idx) for k, v in d.items()}
+        return ReferenceFeatures(pick(self.spatial), pick(self.motion),
+                                 None if self.active is None else self.active.index_select(0, idx))
+
     @staticmethod
     def cat(parts: list["ReferenceFeatures"]) -> "ReferenceFeatures":
         """Joins feature sets along the batch (used to batch the two CFG halves)."""

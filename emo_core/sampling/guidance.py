@@ -66,6 +66,11 @@ def without_speed(cond: Conditioning) -> Conditioning:
     return replace(cond, speed=None if cond.speed is None else torch.zeros_like(cond.speed))
 
 
+def speed_rows(cond: Conditioning, null_identity: torch.Tensor | None) -> Conditioning:
+    """[uncond, cond without speed, cond] along the batch: the rows of ``guided_speed_batched``."""
+    return batch_conditions(unconditional(cond, null_identity), without_speed(cond), cond)
+
+
 def guided_speed(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float, speed_scale: float):
     """CFG with its own scale on the speed (InstructPix2Pix's two-condition guidance, arXiv
     2211.09800): one forward on [uncond, cond without speed, cond] and
@@ -74,13 +79,24 @@ def guided_speed(model, cond: Conditioning, null_identity: torch.Tensor | None, 
     Needs a model trained with ``dropout.speed``, whose speed-free rows are what ``no_speed`` asks."""
     if cond.speed is None:
         return guided(model, cond, null_identity, scale)
+    return guided_speed_batched(model, speed_rows(cond, null_identity), scale, speed_scale)
+
+
+def check_speed_guidance(scale: float, speed_scale: float) -> None:
     for name, v in (("guidance", scale), ("speed guidance", speed_scale)):
         if not math.isfinite(float(v)) or v < 0:
             raise ValueError(f"{name}: expected a finite scale >= 0, got {v}")
-    both = batch_conditions(unconditional(cond, null_identity), without_speed(cond), cond)
+    if scale <= 1.0:
+        raise ValueError(f"speed guidance {speed_scale:g} needs classifier-free guidance (a guidance scale > 1, "
+                         f"got {scale:g}): its speed-free row is guided from the unconditional one")
+
+
+def guided_speed_batched(model, three: Conditioning, scale: float, speed_scale: float):
+    """``guided_speed`` over a conditioning already batched as [uncond, cond without speed, cond]."""
+    check_speed_guidance(scale, speed_scale)
 
     def model_fn(x, t):
-        out_uncond, out_still, out_cond = model(torch.cat([x, x, x]), t, both).chunk(3)
+        out_uncond, out_still, out_cond = model(torch.cat([x, x, x]), t, three).chunk(3)
         return out_uncond + scale * (out_still - out_uncond) + speed_scale * (out_cond - out_still)
 
     return model_fn
@@ -95,10 +111,11 @@ def guided_batched(model, both: Conditioning, scale: float):
     return model_fn
 
 
-def conditional_half(both: Conditioning) -> Conditioning:
-    """The conditional half of a conditioning batched as [uncond, cond]: every batched tensor's
-    second half (reference rows, motion frames, region-mask rows included)."""
-    half = lambda v: None if v is None else v.chunk(2)[1]
+def conditional_half(both: Conditioning, parts: int = 2) -> Conditioning:
+    """The conditional half of a conditioning batched as [uncond, cond] (the last of ``parts``
+    equal parts: 3 for ``speed_rows``): every batched tensor's last part (reference rows, motion
+    frames, region-mask rows included)."""
+    half = lambda v: None if v is None else v.chunk(parts)[-1]
     ref = both.reference
     if ref is not None:
         halves = lambda d: None if d is None else {k: half(v) for k, v in d.items()}
@@ -110,11 +127,15 @@ def conditional_half(both: Conditioning) -> Conditioning:
                    speed=half(both.speed), region_masks=masks)
 
 
-def guided_on_interval(model, both: Conditioning, scale: float, in_interval):
+def guided_on_interval(model, both: Conditioning, scale: float, in_interval, speed_scale: float | None = None):
     """Guidance limited to an interval of noise levels (Kynkäänniemi et al. 2024, arXiv
     2404.07724): CFG over [uncond, cond] where ``in_interval(t)`` holds, elsewhere one forward
-    of the conditional half alone (half the batch)."""
-    full, cond = guided_batched(model, both, scale), conditional_half(both)
+    of the conditional half alone (half the batch). With ``speed_scale``: ``both`` is
+    ``speed_rows``' three and the guidance is ``guided_speed_batched``'s."""
+    if speed_scale is None:
+        full, cond = guided_batched(model, both, scale), conditional_half(both)
+    else:
+        full, cond = guided_speed_batched(model, both, scale, speed_scale), conditional_half(both, 3)
 
     def model_fn(x, t):
         return full(x, t) if in_interval(t) else model(x, t, cond)

@@ -35,7 +35,8 @@ from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning, DeepCache
 from ..models.emo import EmoNet
 from ..sampling.ddim import Schedule, predicted_x0_and_eps, sample_ddim, training_target
-from ..sampling.guidance import batch_conditions, guided, guided_on_interval, guided_speed, unconditional
+from ..sampling.guidance import (batch_conditions, guided, guided_on_interval, guided_speed_batched, speed_rows,
+                                unconditional)
 from ..sampling.samplers import check_sampler, sigma_interval
 from ..sampling.samplers import sample as sample_sigmas
 from . import data as D
@@ -386,9 +387,9 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
     cache = None if deep_cache is None else DeepCache(deep_cache)
     model = lambda x, t, c: net.denoising_unet(x, t, c, cache=cache)
     if speed_guidance is not None and speed is not None:
-        if guidance_interval is not None:
-            raise ValueError("speed_guidance: not with guidance_interval")
-        fn = guided_speed(model, cond, null_identity, cfg_scale, speed_guidance)
+        three = speed_rows(cond, null_identity)
+        fn = guided_speed_batched(model, three, cfg_scale, speed_guidance) if guidance_interval is None else \
+            guided_on_interval(model, three, cfg_scale, sigma_interval(schedule, *guidance_interval), speed_guidance)
     elif guidance_interval is not None and cfg_scale > 1.0:
         both = batch_conditions(unconditional(cond, null_identity), cond)
         fn = guided_on_interval(model, both, cfg_scale, sigma_interval(schedule, *guidance_interval))
