@@ -188,7 +188,10 @@ def main(argv=None) -> int:
                    help="clips after the first start from their last motion frame at this level of the schedule "
                         "(default: the EMO family's, emo_core.families; 1 = from pure noise)")
     p.add_argument("--speed-guidance", type=float, default=None,
-                   help="its own guidance scale on the speed (emo_core.sampling.guidance.guided_speed); default: plain CFG")
+                   help="its own guidance scale on the speed (emo_core.sampling.guidance.guided_speed; default: the "
+                        "EMO family's, emo_core.families; equal to --cfg: plain CFG)")
+    p.add_argument("--speed-from-t", type=int, default=None,
+                   help="speed guidance only at timesteps >= this (plain CFG below)")
     p.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
                    help="skip training; evaluate this stage-3 checkpoint (diagnostics)")
     p.add_argument("--configs", default=str(CONFIGS), help="folder with tiny_stage{1,2,3}.json")
@@ -234,6 +237,7 @@ def main(argv=None) -> int:
 
     cfg = results[-1]
     join_denoise = FAMILIES["emo"].join_denoise if args.join_denoise is None else args.join_denoise
+    speed_guidance = FAMILIES["emo"].speed_guidance if args.speed_guidance is None else args.speed_guidance
     trained, ec, _ = build_net({**cfg, "init": {}})
     state, _, _ = read_checkpoint(prev)
     trained.load_state_dict(state)
@@ -242,7 +246,8 @@ def main(argv=None) -> int:
     cases = eval_cases(args.cases, ec.clip_frames, ec.motion_frames, 64, args.speeds, clips=args.clips)
     kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
               expand=cfg["data"]["mask_expand"], codec=build_codec(cfg["latents"]), steps=args.ddim_steps,
-              cfg_scale=args.cfg, seed=seed, join_denoise=join_denoise, speed_guidance=args.speed_guidance)
+              cfg_scale=args.cfg, seed=seed, join_denoise=join_denoise, speed_guidance=speed_guidance,
+              speed_from_t=args.speed_from_t)
     t_eval = time.time()
     r_un = evaluate(untrained, schedule, cases, **kw)
     r_tr = evaluate(trained, schedule, cases, **kw)
@@ -250,7 +255,8 @@ def main(argv=None) -> int:
     # each held-out truth video as the driving video: its measured speed in, the generated video's out
     r_drive = evaluate(trained, schedule, [{**c, "speed_track": driving_speed(c["truth"], c["identity"])} for c in cases],
                        **kw)
-    print(f"sampling and measuring: {time.time() - t_eval:.0f} s ({args.ddim_steps} DDIM steps, CFG {args.cfg:g})")
+    print(f"sampling and measuring: {time.time() - t_eval:.0f} s ({args.ddim_steps} DDIM steps, CFG {args.cfg:g}, "
+          f"speed guidance {speed_guidance}, join denoise {join_denoise:g})")
     try:
         from PIL import Image
 

@@ -133,9 +133,9 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
     ``model(x, t, cond)`` defaults to ``net``; pass a wrapper to observe the raw predictions.
     ``interval(t) -> bool`` limits guidance to those timesteps (``samplers.sigma_interval``);
     elsewhere one forward of the guided batch's conditional half.
-    ``speed_guidance``: its own scale on the speed (``guidance.guided_speed``: three rows, the
-    speed-free one reading the portrait as the conditional row does); None, or a model without
-    speed tokens: plain CFG.
+    ``speed_guidance``: its own scale on the speed, away from a head held still
+    (``guidance.guided_speed``: three rows, the still one reading the portrait as the conditional
+    row does); None, or a model without speed tokens: plain CFG.
     Without cached portrait features (``ref.features is None``) ReferenceNet runs at every call."""
     model = net if model is None else model
     guided = guidance > 1.0
@@ -150,7 +150,8 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
         if by_speed:
             if reference.batch != 2:
                 raise ValueError(f"speed guidance: the {rule.name!r} reference layout has no plain [uncond, cond] rows")
-            return replace(speed_rows(cond, ref.null_identity), reference=reference.rows([0, 1, 1]))
+            still = net.speed_tokens(cond.speed.new_zeros(cond.speed.shape[:2], dtype=torch.float32))
+            return replace(speed_rows(cond, ref.null_identity, still), reference=reference.rows([0, 1, 1]))
         both = batch_conditions(unconditional(cond, ref.null_identity), cond)
         return replace(both, reference=reference)
 

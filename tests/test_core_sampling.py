@@ -62,23 +62,30 @@ def test_cfg_batching_equals_two_passes():
 
 
 def test_speed_guidance_equals_three_passes():
-    """guided_speed: one batched forward on [uncond, cond without speed, cond]; its own scale on
-    the speed; with the speed's scale equal to the guidance scale, plain CFG."""
+    """guided_speed: one batched forward on [uncond, baseline, cond], the baseline being cond with
+    a head held still (speed-0 tokens) or with no speed; its own scale on the speed; with the
+    speed's scale equal to the guidance scale, plain CFG."""
+    from dataclasses import replace
+
     net = make_net("emo")
     x, cond = conditioning(net)
     assert cond.speed is not None
     null = net.identity_tokens(None, 1)
+    still_tokens = net.speed_tokens(torch.zeros(cond.speed.shape[:2]))
     with torch.no_grad():
         u = net(x, 400, unconditional(cond, null))
-        still = net(x, 400, without_speed(cond))
         c = net(x, 400, cond)
-        out = guided_speed(net, cond, null, 2.0, 5.0)(x, 400)
-        plain = guided_speed(net, cond, null, 2.0, 2.0)(x, 400)
-    assert not torch.allclose(still, c)  # the speed changes the prediction
-    torch.testing.assert_close(out, u + 2.0 * (still - u) + 5.0 * (c - still), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(plain, guided(net, cond, null, 2.0)(x, 400), rtol=1e-5, atol=1e-5)
+        for tokens, baseline in ((None, without_speed(cond)), (still_tokens, replace(cond, speed=still_tokens))):
+            b = net(x, 400, baseline)
+            assert not torch.allclose(b, c)  # the speed changes the prediction
+            out = guided_speed(net, cond, null, 2.0, 5.0, tokens)(x, 400)
+            torch.testing.assert_close(out, u + 2.0 * (b - u) + 5.0 * (c - b), rtol=1e-5, atol=1e-5)
+            plain = guided_speed(net, cond, null, 2.0, 2.0, tokens)(x, 400)
+            torch.testing.assert_close(plain, guided(net, cond, null, 2.0)(x, 400), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="speed guidance"):
         guided_speed(net, cond, null, 2.0, float("nan"))
+    with pytest.raises(ValueError, match="needs classifier-free guidance"):
+        guided_speed(net, cond, null, 1.0, 5.0)
 
 
 @pytest.mark.parametrize("seconds,fps", [(3.37, 25), (3.37, 30), (0.04, 25), (1.0, 24), (2.5, 29.97)])

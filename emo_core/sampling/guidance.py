@@ -66,20 +66,28 @@ def without_speed(cond: Conditioning) -> Conditioning:
     return replace(cond, speed=None if cond.speed is None else torch.zeros_like(cond.speed))
 
 
-def speed_rows(cond: Conditioning, null_identity: torch.Tensor | None) -> Conditioning:
-    """[uncond, cond without speed, cond] along the batch: the rows of ``guided_speed_batched``."""
-    return batch_conditions(unconditional(cond, null_identity), without_speed(cond), cond)
+def speed_rows(cond: Conditioning, null_identity: torch.Tensor | None,
+               still: torch.Tensor | None = None) -> Conditioning:
+    """[uncond, cond with the baseline speed, cond] along the batch: the rows of
+    ``guided_speed_batched``. ``still``: the baseline's speed tokens (those of a head held still,
+    speed 0, in the pipeline); None: no speed tokens (``without_speed``)."""
+    middle = without_speed(cond) if still is None else replace(cond, speed=still.to(cond.speed))
+    return batch_conditions(unconditional(cond, null_identity), middle, cond)
 
 
-def guided_speed(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float, speed_scale: float):
+def guided_speed(model, cond: Conditioning, null_identity: torch.Tensor | None, scale: float, speed_scale: float,
+                 still: torch.Tensor | None = None):
     """CFG with its own scale on the speed (InstructPix2Pix's two-condition guidance, arXiv
-    2211.09800): one forward on [uncond, cond without speed, cond] and
-    ``uncond + scale * (no_speed - uncond) + speed_scale * (cond - no_speed)``, so the asked speed is
-    amplified apart from the audio and the portrait (``speed_scale == scale``: plain CFG's result).
-    Needs a model trained with ``dropout.speed``, whose speed-free rows are what ``no_speed`` asks."""
+    2211.09800): one forward on [uncond, baseline, cond], the baseline being ``cond`` with the
+    speed tokens ``still`` (or none), and
+    ``uncond + scale * (baseline - uncond) + speed_scale * (cond - baseline)``: the asked speed
+    is amplified apart from the audio and the portrait (``speed_scale == scale``: plain CFG's
+    result). Guided away from a head held still (``still`` = speed-0 tokens), a model whose
+    unguided motion is too slow moves at the asked speed: away from no speed, guidance only
+    spreads the speeds around the average one (``bench/learning.py``)."""
     if cond.speed is None:
         return guided(model, cond, null_identity, scale)
-    return guided_speed_batched(model, speed_rows(cond, null_identity), scale, speed_scale)
+    return guided_speed_batched(model, speed_rows(cond, null_identity, still), scale, speed_scale)
 
 
 def check_speed_guidance(scale: float, speed_scale: float) -> None:
@@ -91,13 +99,15 @@ def check_speed_guidance(scale: float, speed_scale: float) -> None:
                          f"got {scale:g}): its speed-free row is guided from the unconditional one")
 
 
-def guided_speed_batched(model, three: Conditioning, scale: float, speed_scale: float):
-    """``guided_speed`` over a conditioning already batched as [uncond, cond without speed, cond]."""
+def guided_speed_batched(model, three: Conditioning, scale: float, speed_scale: float, speed_at=None):
+    """``guided_speed`` over a conditioning already batched as ``speed_rows`` [uncond, baseline, cond].
+    ``speed_at(t) -> bool``: the timesteps that get the speed's own scale (elsewhere ``scale``, plain CFG)."""
     check_speed_guidance(scale, speed_scale)
 
     def model_fn(x, t):
         out_uncond, out_still, out_cond = model(torch.cat([x, x, x]), t, three).chunk(3)
-        return out_uncond + scale * (out_still - out_uncond) + speed_scale * (out_cond - out_still)
+        s = speed_scale if speed_at is None or speed_at(t) else scale
+        return out_uncond + scale * (out_still - out_uncond) + s * (out_cond - out_still)
 
     return model_fn
 

@@ -369,13 +369,15 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
                   mask: torch.Tensor, audio: torch.Tensor | None, speed: torch.Tensor | None, frames: int, *,
                   steps: int = 20, cfg_scale: float = 3.5, seed: int = 0, region_masks=None, sampler: str = "ddim",
                   guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
-                  join_denoise: float = 1.0, speed_guidance: float | None = None) -> torch.Tensor:
+                  join_denoise: float = 1.0, speed_guidance: float | None = None,
+                  speed_from_t: int | None = None) -> torch.Tensor:
     """Samples one clip with DDIM + CFG, as inference does. reference [b, 3, S, S] and motion
     [b, n, 3, S, S] pixels in [-1, 1]; returns pixels [b, frames, 3, S, S]. ``sampler``,
     ``guidance_interval`` (sigmas), ``deep_cache``: as ``EmoPipeline.sample_clip``;
     ``join_denoise`` < 1: the clip starts from its last motion frame at that level of the
     schedule (``chaining.join_timestep``; for clips after the first). ``speed_guidance``: its own
-    guidance scale on the speed (``guidance.guided_speed``, three rows per step); None: plain CFG."""
+    guidance scale on the speed, away from a head held still, as the pipeline's
+    (``guidance.guided_speed``, three rows per step); None: plain CFG."""
     dev = net.device
     b = reference.shape[0]
     ref_lat = codec.encode(reference.to(dev)).to(net.dtype)
@@ -387,8 +389,10 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
     cache = None if deep_cache is None else DeepCache(deep_cache)
     model = lambda x, t, c: net.denoising_unet(x, t, c, cache=cache)
     if speed_guidance is not None and speed is not None:
-        three = speed_rows(cond, null_identity)
-        fn = guided_speed_batched(model, three, cfg_scale, speed_guidance) if guidance_interval is None else \
+        still = net.speed_tokens(torch.zeros_like(speed).to(dev))  # guided away from a head held still
+        three = speed_rows(cond, null_identity, still)
+        at = None if speed_from_t is None else (lambda t: int(torch.as_tensor(t).reshape(-1)[0]) >= speed_from_t)
+        fn = guided_speed_batched(model, three, cfg_scale, speed_guidance, at) if guidance_interval is None else \
             guided_on_interval(model, three, cfg_scale, sigma_interval(schedule, *guidance_interval), speed_guidance)
     elif guidance_interval is not None and cfg_scale > 1.0:
         both = batch_conditions(unconditional(cond, null_identity), cond)
