@@ -349,6 +349,11 @@ def test_widgets_are_checked_in_the_node_body(comfy, portrait, speech):
         (lambda: EmoSpeed().speed(1.0, 0.0), "fps: expected a finite number > 0, got 0"),
         (lambda: speed_for({"speed": None, "constant": nan, "fps": 25.0}, 4, 25.0),
          "speed (EMO_SPEED): expected a finite number >= 0, got nan"),
+        (lambda: EmoGenerate().generate(model, ref, emo_audio, speech, 2, 2.0, 0, speed_guidance=nan),
+         "speed_guidance: expected 0 (the model's default) or a guidance scale > 0, got nan"),
+        (lambda: EmoGenerate().generate(model, ref, emo_audio, speech, 2, 1.0, 0, speed=EmoSpeed().speed(2.0, 25.0)[0],
+                                        speed_guidance=5.0),
+         "speed_guidance 5 needs cfg > 1 (got 1)"),
     ]
     for call, message in cases:
         with pytest.raises(EmoNodeError) as err:

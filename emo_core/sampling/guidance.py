@@ -7,7 +7,8 @@ and the identity (the projection of a zero embedding, given by the caller); with
 layers also the speed tokens (zeros after projection), so guidance amplifies the asked head
 speed as it amplifies the audio (training drops the speed with the other conditions,
 ``dropout.speed``). Motion frames are kept in both halves: they are the video's past, not a
-condition to amplify.
+condition to amplify. ``guided_speed`` gives the speed its own scale on top, guided away from
+a head held still (a third row per step).
 """
 from __future__ import annotations
 
