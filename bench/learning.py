@@ -297,11 +297,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def speed_error(results: dict) -> float:
+def speed_error(results: dict, which=("trained", "driving")) -> float:
     """Largest relative error of the trained model's measured head speed against the truth's,
     over the asked speeds and (where measured) the speeds taken from the driving videos."""
     gt = results["truth"]["speed"]
-    runs = [results["trained"]["speed"]] + ([results["driving"]["speed"]] if "driving" in results else [])
+    runs = [results[w]["speed"] for w in which if w in results]
     return max(abs(r[k] - gt[k]) / max(gt[k], 1e-6) for r in runs for k in gt)
 
 
@@ -316,6 +316,22 @@ def summary_line(runs: list[dict]) -> str:
     err = max(speed_error(r) for r in runs)
     mouth = min(r["trained"]["mouth_corr"] for r in runs)
     return f"summary: joins {joins:.2f}, speed error {err:.2f}, mouth r {mouth:.3f}"
+
+
+def seed_table(runs: list[dict]) -> str:
+    """One row per seed: mouth r, joins, the speed error (asked, driving), monotonic, the measured
+    speeds asked and from the driving videos (truth)."""
+    lines = [f"{'seed':>4}  {'mouth r':>7}  {'joins':>5}  {'speed error (asked, driving)':>28}  monotonic  "
+             "asked -> measured (truth); driving video -> measured"]
+    for r in runs:
+        speeds = "  ".join(f"{k}: {v:.2f} ({r['truth']['speed'][k]:.2f})" for k, v in r["trained"]["speed"].items())
+        if "driving" in r:
+            speeds += ";  " + "  ".join(f"{v:.2f}" for v in r["driving"]["speed"].values())
+        err = f"{speed_error(r):.2f} ({speed_error(r, ('trained',)):.2f}, " + (
+            f"{speed_error(r, ('driving',)):.2f})" if "driving" in r else "-)")
+        lines.append(f"{r['seed']:>4}  {r['trained']['mouth_corr']:>7.3f}  {r['trained']['seam']:>5.2f}  {err:>28}  "
+                     f"{str(monotonic(r)):>9}  {speeds}")
+    return "\n".join(lines)
 
 
 def run_seeds(args, argv: list[str]) -> int:
@@ -355,11 +371,7 @@ def run_seeds(args, argv: list[str]) -> int:
         return 1
     runs = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in args.seeds]
     print()
-    print(f"{'seed':>4}  {'mouth r':>8}  {'joins':>6}  {'speed error':>11}  monotonic  measured head speed (truth)")
-    for r in runs:
-        speeds = "  ".join(f"{k}: {v:.2f} ({r['truth']['speed'][k]:.2f})" for k, v in r["trained"]["speed"].items())
-        print(f"{r['seed']:>4}  {r['trained']['mouth_corr']:>8.3f}  {r['trained']['seam']:>6.2f}  "
-              f"{speed_error(r):>11.2f}  {str(monotonic(r)):>9}  {speeds}")
+    print(seed_table(runs))
     print(summary_line(runs))
     return 0
 
