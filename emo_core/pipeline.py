@@ -172,7 +172,7 @@ class EmoPipeline:
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
-        speed_guidance = self.speed_guidance(speed_guidance, guidance, speed)
+        speed_guidance = self.resolve_speed_guidance(speed_guidance, guidance, speed)
         if guidance_interval is not None:
             interval = sigma_interval(self.schedule, *guidance_interval)
         f = audio_windows.shape[0]
@@ -210,7 +210,7 @@ class EmoPipeline:
             lambda s: callback({"step": s["i"] + 1, "steps": run, "x": s["x"], "x0": s["x0"], "output": s["output"]}))
         return sample_ddim(model_fn, x, self.schedule, steps, callback=step_cb, start_t=start_t)
 
-    def speed_guidance(self, value: float | None, guidance: float, speed: torch.Tensor | None) -> float | None:
+    def resolve_speed_guidance(self, value: float | None, guidance: float, speed: torch.Tensor | None) -> float | None:
         """The speed's guidance scale a clip is sampled with: ``value``, or the model family's default
         when CFG is on (None when there is no speed to guide or no speed layers); checked."""
         if speed is None or self.net.speed_encoder is None:
@@ -274,7 +274,7 @@ class EmoPipeline:
                              f"guidance_interval={guidance_interval}, deep_cache={deep_cache}")
         join_denoise = families.family_of(self.cfg).join_denoise if join_denoise is None else join_denoise
         join_timestep(self.schedule, steps, join_denoise)  # checked before the first clip
-        speed_guidance = self.speed_guidance(speed_guidance, guidance, speed)  # checked before the first clip
+        speed_guidance = self.resolve_speed_guidance(speed_guidance, guidance, speed)  # checked before the first clip
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
