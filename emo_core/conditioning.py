@@ -124,6 +124,13 @@ def clip_conditioning(net, ref: ReferenceState, *, audio_windows: torch.Tensor |
         region_masks=region_masks, region_weights=region_weights)
 
 
+def still_speed_rows(net, cond: Conditioning, null_identity: torch.Tensor | None) -> Conditioning:
+    """``guidance.speed_rows`` with a head held still (speed-0 tokens) as the speed's baseline:
+    [uncond, cond at speed 0, cond]."""
+    still = net.speed_tokens(cond.speed.new_zeros(cond.speed.shape[:2], dtype=torch.float32))
+    return speed_rows(cond, null_identity, still)
+
+
 def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents: torch.Tensor | None, *,
              frames: int, guidance: float, model: Callable | None = None,
              interval: Callable | None = None, speed_guidance: float | None = None) -> Callable:
@@ -142,6 +149,7 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
     by_speed = speed_guidance is not None and cond.speed is not None
     if by_speed:
         check_speed_guidance(guidance, speed_guidance)
+        three = still_speed_rows(net, cond, ref.null_identity)  # once, not at every build()
 
     def build() -> Conditioning:
         reference = rule.features(net, ref, motion_latents, frames=frames, guided=guided)
@@ -150,8 +158,7 @@ def denoiser(net, ref: ReferenceState, cond: Conditioning, rule, motion_latents:
         if by_speed:
             if reference.batch != 2:
                 raise ValueError(f"speed guidance: the {rule.name!r} reference layout has no plain [uncond, cond] rows")
-            still = net.speed_tokens(cond.speed.new_zeros(cond.speed.shape[:2], dtype=torch.float32))
-            return replace(speed_rows(cond, ref.null_identity, still), reference=reference.rows([0, 1, 1]))
+            return replace(three, reference=reference.rows([0, 1, 1]))
         both = batch_conditions(unconditional(cond, ref.null_identity), cond)
         return replace(both, reference=reference)
 

@@ -97,7 +97,7 @@ def check_speed_guidance(scale: float, speed_scale: float) -> None:
             raise ValueError(f"{name}: expected a finite scale >= 0, got {v}")
     if scale <= 1.0:
         raise ValueError(f"speed guidance {speed_scale:g} needs classifier-free guidance (a guidance scale > 1, "
-                         f"got {scale:g}): its speed-free row is guided from the unconditional one")
+                         f"got {scale:g}): its baseline row is guided from the unconditional one")
 
 
 def guided_speed_batched(model, three: Conditioning, scale: float, speed_scale: float, speed_at=None):

@@ -29,14 +29,13 @@ from torch import nn
 
 from ..chaining import join_start, join_timestep
 from ..checkpoints import FORMAT_NAME, WEIGHTS_FILE
-from ..conditioning import build_conditioning
+from ..conditioning import build_conditioning, still_speed_rows
 from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning, DeepCache
 from ..models.emo import EmoNet
 from ..sampling.ddim import Schedule, predicted_x0_and_eps, sample_ddim, training_target
-from ..sampling.guidance import (batch_conditions, guided, guided_on_interval, guided_speed_batched, speed_rows,
-                                unconditional)
+from ..sampling.guidance import batch_conditions, guided, guided_on_interval, guided_speed_batched, unconditional
 from ..sampling.samplers import check_sampler, sigma_interval
 from ..sampling.samplers import sample as sample_sigmas
 from . import data as D
@@ -389,8 +388,7 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
     cache = None if deep_cache is None else DeepCache(deep_cache)
     model = lambda x, t, c: net.denoising_unet(x, t, c, cache=cache)
     if speed_guidance is not None and speed is not None:
-        still = net.speed_tokens(torch.zeros_like(speed).to(dev))  # guided away from a head held still
-        three = speed_rows(cond, null_identity, still)
+        three = still_speed_rows(net, cond, null_identity)  # guided away from a head held still, as the pipeline
         at = None if speed_from_t is None else (lambda t: int(torch.as_tensor(t).reshape(-1)[0]) >= speed_from_t)
         fn = guided_speed_batched(model, three, cfg_scale, speed_guidance, at) if guidance_interval is None else \
             guided_on_interval(model, three, cfg_scale, sigma_interval(schedule, *guidance_interval), speed_guidance)
