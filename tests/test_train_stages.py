@@ -483,6 +483,34 @@ def test_synthetic_head_speed_changes_within_a_video_and_reads_back():
     np.testing.assert_allclose(const, tri)
 
 
+def test_measured_yaw_follows_the_rendered_yaw_over_the_whole_range():
+    """The benchmark's yaw reading (and so a driving video's speed) is neither compressed at the
+    limits nor thrown off by blur or noise: a read-back line of slope ~1 through every yaw."""
+    np = pytest.importorskip("numpy")
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    truth, read = [], []
+    for _ in range(4):
+        ident = synthetic.Identity.random(rng)
+        rx = ident.radius * 64
+        ry = rx * ident.aspect
+        cx, cy = rng.uniform(rx + 1, 63 - rx), rng.uniform(ry + 1, 63 - ry)
+        for yaw in (-synthetic.YAW_MAX, -25.0, -8.0, 3.0, 17.0, 31.0, synthetic.YAW_MAX):
+            img = synthetic.render(ident, cx, cy, yaw, rng.uniform(0, 1), 64).astype(np.float64)
+            blurred = ndimage.gaussian_filter(img, (0.8, 0.8, 0))
+            noisy = img + rng.normal(0, 10, img.shape)
+            for frame in (img, blurred, noisy):
+                truth.append(yaw)
+                read.append(synthetic.measure_frame(frame.clip(0, 255).astype(np.uint8), ident)["yaw"])
+    truth, read = np.array(truth), np.array(read)
+    slope = np.polyfit(truth, read, 1)[0]
+    assert 0.95 < slope < 1.05, slope
+    assert np.abs(read - truth).max() < 4.0, np.abs(read - truth).max()
+    at_limits = np.abs(truth) == synthetic.YAW_MAX
+    assert np.abs(np.abs(read[at_limits]) - synthetic.YAW_MAX).mean() < 2.0
+
+
 @pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
 def test_sharded_optimizer_setups_are_refused_before_training(kind, shards, tmp_path):
     from types import SimpleNamespace
