@@ -13,7 +13,8 @@ prints, for the untrained and the trained model:
 - mouth/loudness correlation (Pearson, over all generated frames; goal >= 0.7)
 - reference-colour error (mean |face colour - reference face colour|, 0..1)
 - measured head speed for each asked speed (should rise with it): per clip the |slope| of a
-  line fitted to the per-frame yaw read from the face geometry, so jitter averages out,
+  line fitted to the per-frame yaw (``synthetic.measure_frame``: the yaw whose rendering of the
+  identity best matches the frame, unbiased over the whole +-40 degrees), so jitter averages out,
   averaged over the clips (mean |d yaw|, which counts jitter as motion, is printed too), and the
   first clip's alone (its motion frames are reference copies: the speed condition is all it has)
 - the same from a driving video: each held-out truth video's head speed, measured per frame from
