@@ -266,8 +266,9 @@ def _feature_yaw(weight: np.ndarray, cx: float, rx: float) -> float:
 def fit_yaw(img: np.ndarray, identity: Identity, centre: tuple[float, float], guess: float = 0.0,
             limit: float = 60.0) -> float:
     """The yaw (degrees) whose rendering of ``identity`` best matches ``img`` (float RGB 0..1)
-    around the face at ``centre``: the mouth opening, the yaw on a 3-degree grid within
-    +-``limit``, the face's x position to half a pixel, then the yaw to a fraction of a degree.
+    around the face at ``centre``: the mouth opening at the ``guess``, the yaw on a 3-degree grid
+    within +-``limit``, the face's position and the mouth opening more finely, then the yaw to a
+    fraction of a degree (each fine step: the vertex of a parabola through the best grid points).
 
     Fitting the face model, as pose estimators fit a 3D face, reads the yaw without bias over
     the whole range (a centroid of the dark pixels reads 40 degrees as about 27), so a driving
