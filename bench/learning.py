@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--speed-guidance", type=float, default=None,
                    help="its own guidance scale on the speed (emo_core.sampling.guidance.guided_speed; default: the "
                         "EMO family's, emo_core.families; equal to --cfg: plain CFG)")
+    p.add_argument("--noise-correlation", type=float, default=None,
+                   help="share of the initial noise a clip's frames have in common (default: the EMO family's)")
     p.add_argument("--speed-from-t", type=int, default=None,
                    help="speed guidance only at timesteps >= this (plain CFG below)")
     p.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
@@ -239,6 +241,7 @@ def main(argv=None) -> int:
     cfg = results[-1]
     join_denoise = FAMILIES["emo"].join_denoise if args.join_denoise is None else args.join_denoise
     speed_guidance = FAMILIES["emo"].speed_guidance if args.speed_guidance is None else args.speed_guidance
+    noise_correlation = FAMILIES["emo"].noise_correlation if args.noise_correlation is None else args.noise_correlation
     trained, ec, _ = build_net({**cfg, "init": {}})
     state, _, _ = read_checkpoint(prev)
     trained.load_state_dict(state)
@@ -248,6 +251,7 @@ def main(argv=None) -> int:
     kw = dict(frames=ec.clip_frames, motion=ec.motion_frames, m=ec.audio.context, size=64,
               expand=cfg["data"]["mask_expand"], codec=build_codec(cfg["latents"]), steps=args.ddim_steps,
               cfg_scale=args.cfg, seed=seed, join_denoise=join_denoise, speed_guidance=speed_guidance,
+              noise_correlation=noise_correlation,
               speed_from_t=args.speed_from_t)
     t_eval = time.time()
     r_un = evaluate(untrained, schedule, cases, **kw)
@@ -257,7 +261,7 @@ def main(argv=None) -> int:
     r_drive = evaluate(trained, schedule, [{**c, "speed_track": driving_speed(c["truth"], c["identity"])} for c in cases],
                        **kw)
     print(f"sampling and measuring: {time.time() - t_eval:.0f} s ({args.ddim_steps} DDIM steps, CFG {args.cfg:g}, "
-          f"speed guidance {speed_guidance}, join denoise {join_denoise:g})")
+          f"speed guidance {speed_guidance}, join denoise {join_denoise:g}, noise correlation {noise_correlation:g})")
     try:
         from PIL import Image
 

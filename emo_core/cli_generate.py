@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seamless clip joins: clips after the first start from the previous clip's last frame at "
                         "this fraction of the schedule, in (0, 1] (1 = from pure noise; default: the model's, EMO "
                         "0.6, Hallo and EchoMimic 1 as their own code)")
+    p.add_argument("--noise-correlation", type=float, default=None,
+                   help="share of each clip's initial noise its frames have in common, in [0, 1) (steadier pose "
+                        "inside a clip; default: the model's, 0 but for EMO)")
     p.add_argument("--speed-guidance", type=float, default=None,
                    help="guidance scale of the head speed alone, >= 0 (models with speed layers, with --cfg > 1): "
                         "how strongly the asked speed is followed; equal to --cfg: plain guidance (default: the "
@@ -166,6 +169,8 @@ def validate_args(args) -> None:
     if args.speed_guidance is not None and args.cfg is not None and args.cfg <= 1.0:
         raise UsageError(f"--speed-guidance {args.speed_guidance:g}: needs classifier-free guidance, --cfg > 1 "
                          f"(got --cfg {args.cfg:g})")
+    if args.noise_correlation is not None and not 0.0 <= args.noise_correlation < 1.0:
+        raise UsageError(f"--noise-correlation: expected a fraction in [0, 1), got {args.noise_correlation}")
     if args.join_denoise is not None and not 0.0 < args.join_denoise <= 1.0:
         raise UsageError(f"--join-denoise: expected a fraction of the schedule in (0, 1], got {args.join_denoise}")
     for option, check, value in (("--sampler", check_sampler, args.sampler), ("--preset", preset, args.preset)):
@@ -455,7 +460,8 @@ def generate(args) -> int:
                                       steps=args.steps, guidance=args.cfg, seed=args.seed,
                                       motion_start=args.motion_start, callback=progress, num_frames=frames,
                                       sampler=sampler, guidance_interval=interval, join_denoise=args.join_denoise,
-                                      speed_guidance=args.speed_guidance):
+                                      speed_guidance=args.speed_guidance,
+                                      noise_correlation=args.noise_correlation):
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:

@@ -20,7 +20,7 @@ from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_po
 from .config import EmoConfig
 from .models.backbone import DeepCache
 from .models.emo import EmoNet
-from .sampling.ddim import Schedule, sample_ddim
+from .sampling.ddim import Schedule, frame_noise, sample_ddim
 from .sampling.guidance import check_speed_guidance
 from .sampling.samplers import check_sampler, sigma_interval, to_model_space
 from .sampling.samplers import sample as sample_sigmas
@@ -151,7 +151,7 @@ class EmoPipeline:
                     guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
                     interval: Callable | None = None, sample_fn: Callable | None = None,
                     start_from: torch.Tensor | None = None, join_denoise: float = 1.0,
-                    speed_guidance: float | None = None) -> torch.Tensor:
+                    speed_guidance: float | None = None, noise_correlation: float | None = None) -> torch.Tensor:
         """Denoises one clip. audio_windows [f, window, L, C]; motion_latents [n, 4, h, w], or None
         for the paper's first clip (zero feature maps as motion frames); face_mask [H, W];
         speed [f] deg/frame; noise [1, 4, f, h, w] (default: drawn in float32 from ``generator``).
@@ -169,6 +169,8 @@ class EmoPipeline:
         ``speed_guidance``: its own guidance scale on the speed (``guidance.guided_speed``; needs
         ``guidance`` > 1; no effect without a speed or speed layers); None: the family's default
         (EMO's when ``guidance`` > 1; ``speed_guidance == guidance``: plain CFG).
+        ``noise_correlation``: the share of the drawn noise all frames have in common
+        (``ddim.frame_noise``); None: the family's default (0 but for EMO).
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
@@ -196,8 +198,9 @@ class EmoPipeline:
 
         if noise is None:
             h, w = ref.latent.shape[-2:]
-            noise = torch.randn((1, self.cfg.unet.in_channels, f, h, w), generator=generator,
-                                device=generator.device if generator is not None else "cpu")
+            if noise_correlation is None:
+                noise_correlation = families.family_of(self.cfg).noise_correlation
+            noise = frame_noise((1, self.cfg.unet.in_channels, f, h, w), noise_correlation, generator)
         if sample_fn is not None:
             return sample_fn(model_fn, noise.to(self.device, state), callback)
         x, start_t, run = noise.to(self.device, state), None, steps
@@ -250,7 +253,8 @@ class EmoPipeline:
                  callback: Callable | None = None, num_frames: int | None = None, sampler: str = "ddim",
                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
                  interval: Callable | None = None, sample_fn: Callable | None = None,
-                 join_denoise: float | None = None, speed_guidance: float | None = None) -> Iterator[torch.Tensor]:
+                 join_denoise: float | None = None, speed_guidance: float | None = None,
+                 noise_correlation: float | None = None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
@@ -259,8 +263,8 @@ class EmoPipeline:
         ``sample_fn``: as ``sample_clip``. ``join_denoise``: every clip after the first starts from the
         previous clip's last frame at this level of the schedule (``chaining.join_timestep``; 1 = from
         pure noise; None: the model family's default, 1 for Hallo and EchoMimic as their own code
-        does; not used with ``sample_fn``, whose sigmas are the caller's). ``speed_guidance``: as
-        ``sample_clip``."""
+        does; not used with ``sample_fn``, whose sigmas are the caller's). ``speed_guidance``,
+        ``noise_correlation``: as ``sample_clip``."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         sampler = check_sampler(sampler)
         if guidance_interval is not None:
@@ -275,6 +279,9 @@ class EmoPipeline:
         join_denoise = families.family_of(self.cfg).join_denoise if join_denoise is None else join_denoise
         join_timestep(self.schedule, steps, join_denoise)  # checked before the first clip
         speed_guidance = self.resolve_speed_guidance(speed_guidance, guidance, speed)  # checked before the first clip
+        if noise_correlation is None:
+            noise_correlation = families.family_of(self.cfg).noise_correlation
+        frame_noise((1, 1, 1, 1, 1), noise_correlation)  # checked before the first clip
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)
@@ -311,7 +318,8 @@ class EmoPipeline:
                                        sampler=sampler, guidance_interval=guidance_interval, deep_cache=deep_cache,
                                        interval=interval, sample_fn=sample_fn,
                                        start_from=None if index == 0 or motion_latents is None else motion_latents[-1],
-                                       join_denoise=join_denoise, speed_guidance=speed_guidance)
+                                       join_denoise=join_denoise, speed_guidance=speed_guidance,
+                                       noise_correlation=noise_correlation)
             return self.decode(latents)
 
         with _release_memory(self.device):

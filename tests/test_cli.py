@@ -197,6 +197,8 @@ def _refused(tmp_path, capsys, *argv, output=None):
     (("--expand", "nan"), "error: --expand: expected a finite number > 0, got nan"),
     (("--join-denoise", "0"), "error: --join-denoise: expected a fraction of the schedule in (0, 1], got 0.0"),
     (("--join-denoise", "nan"), "error: --join-denoise: expected a fraction of the schedule in (0, 1], got nan"),
+    (("--noise-correlation", "1"), "error: --noise-correlation: expected a fraction in [0, 1), got 1.0"),
+    (("--noise-correlation", "nan"), "error: --noise-correlation: expected a fraction in [0, 1), got nan"),
     (("--speed-guidance", "-1"), "error: --speed-guidance: expected a finite number >= 0, got -1"),
     (("--speed-guidance", "nan"), "error: --speed-guidance: expected a finite number >= 0, got nan"),
     (("--speed-guidance", "6", "--cfg", "1"), "error: --speed-guidance 6: needs classifier-free guidance, --cfg > 1"),

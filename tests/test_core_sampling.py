@@ -343,6 +343,7 @@ def test_later_clips_start_from_the_previous_clips_last_frame(monkeypatch):
     clip starts from pure noise; ``join_denoise=1`` (Hallo's and EchoMimic's default) never does."""
     import emo_core.pipeline as P
     from emo_core.chaining import join_start, join_timestep
+    from emo_core.sampling.ddim import frame_noise
 
     pipe = EmoPipeline.tiny(seed=4, family="emo")
     f, a = pipe.cfg.clip_frames, pipe.cfg.audio
@@ -358,12 +359,42 @@ def test_later_clips_start_from_the_previous_clips_last_frame(monkeypatch):
     t0 = join_timestep(pipe.schedule, steps, families.FAMILIES["emo"].join_denoise)
     assert t0 is not None and [s[1] for s in starts] == [None, t0]
     g = torch.Generator().manual_seed(seed)
-    noises = [torch.randn(starts[0][0].shape, generator=g) for _ in range(2)]
+    rho = families.FAMILIES["emo"].noise_correlation
+    noises = [frame_noise(starts[0][0].shape, rho, g) for _ in range(2)]
     torch.testing.assert_close(starts[0][0], noises[0])
     torch.testing.assert_close(starts[1][0], join_start(noises[1], encoded[1][-1:], pipe.schedule, t0))
     starts.clear()
     list(pipe.generate(ref, windows, steps=steps, guidance=1.0, seed=seed, join_denoise=1.0))
     assert [s[1] for s in starts] == [None, None]
+
+
+def test_frame_noise_shares_the_asked_part_between_frames():
+    """ddim.frame_noise: correlation 0 is exactly torch.randn; otherwise every frame stays unit
+    normal and any two frames of a clip correlate by the asked share; bad shares are refused."""
+    from emo_core.sampling.ddim import frame_noise
+
+    shape = (2, 4, 6, 16, 16)
+    torch.testing.assert_close(frame_noise(shape, 0.0, torch.Generator().manual_seed(3)),
+                               torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    for rho in (0.3, 0.8):
+        x = frame_noise(shape, rho, torch.Generator().manual_seed(5))
+        assert x.shape == shape
+        per_frame = x.transpose(1, 2).reshape(2 * 6, -1)
+        assert torch.allclose(per_frame.std(1), torch.ones(12), atol=0.06)
+        a, b = x[:, :, 1].flatten(), x[:, :, 4].flatten()
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1]) - rho) < 0.06
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise_correlation"):
+            frame_noise(shape, bad)
+
+
+def test_pipeline_noise_correlation_is_checked_before_any_clip():
+    pipe = EmoPipeline.tiny(seed=4, family="emo")
+    a = pipe.cfg.audio
+    ref = pipe.encode_reference(torch.rand(64, 64, 3))
+    windows = torch.randn(pipe.cfg.clip_frames, a.window, a.feature_blocks, a.feature_dim)
+    with pytest.raises(ValueError, match="noise_correlation"):
+        next(pipe.generate(ref, windows, steps=2, guidance=1.0, noise_correlation=1.5))
 
 
 def test_pipeline_speed_guidance(monkeypatch):

@@ -32,6 +32,7 @@ class Family:
     join_denoise: float = 1.0  # clips after the first start from the last frame at this level (chaining.join_timestep)
     # its own guidance scale on the speed (guidance.guided_speed) when CFG is on and a speed is given
     speed_guidance: float | None = None
+    noise_correlation: float = 0.0  # share of the initial noise every frame of a clip has in common (ddim.frame_noise)
 
 
 FAMILIES = {

@@ -34,7 +34,7 @@ from ..config import EmoConfig, SpeedConfig
 from ..models.attention import ReferenceFeatures
 from ..models.backbone import Conditioning, DeepCache
 from ..models.emo import EmoNet
-from ..sampling.ddim import Schedule, predicted_x0_and_eps, sample_ddim, training_target
+from ..sampling.ddim import Schedule, frame_noise, predicted_x0_and_eps, sample_ddim, training_target
 from ..sampling.guidance import batch_conditions, guided, guided_on_interval, guided_speed_batched, unconditional
 from ..sampling.samplers import check_sampler, sigma_interval
 from ..sampling.samplers import sample as sample_sigmas
@@ -369,14 +369,15 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
                   steps: int = 20, cfg_scale: float = 3.5, seed: int = 0, region_masks=None, sampler: str = "ddim",
                   guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
                   join_denoise: float = 1.0, speed_guidance: float | None = None,
-                  speed_from_t: int | None = None) -> torch.Tensor:
+                  speed_from_t: int | None = None, noise_correlation: float = 0.0) -> torch.Tensor:
     """Samples one clip with DDIM + CFG, as inference does. reference [b, 3, S, S] and motion
     [b, n, 3, S, S] pixels in [-1, 1]; returns pixels [b, frames, 3, S, S]. ``sampler``,
     ``guidance_interval`` (sigmas), ``deep_cache``: as ``EmoPipeline.sample_clip``;
     ``join_denoise`` < 1: the clip starts from its last motion frame at that level of the
     schedule (``chaining.join_timestep``; for clips after the first). ``speed_guidance``: its own
     guidance scale on the speed, away from a head held still, as the pipeline's
-    (``guidance.guided_speed``, three rows per step); None: plain CFG."""
+    (``guidance.guided_speed``, three rows per step); None: plain CFG. ``noise_correlation``: as the
+    pipeline's (``ddim.frame_noise``)."""
     dev = net.device
     b = reference.shape[0]
     ref_lat = codec.encode(reference.to(dev)).to(net.dtype)
@@ -398,7 +399,7 @@ def generate_clip(net: EmoNet, codec, schedule: Schedule, reference: torch.Tenso
     else:
         fn = guided(model, cond, null_identity, cfg_scale)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((b, ref_lat.shape[1], frames, *ref_lat.shape[-2:]), generator=g).to(dev, net.dtype)
+    x = frame_noise((b, ref_lat.shape[1], frames, *ref_lat.shape[-2:]), noise_correlation, g).to(dev, net.dtype)
     start_t = join_timestep(schedule, steps, join_denoise) if motion_lat is not None else None
     if start_t is not None:
         x = join_start(x, motion_lat[:, -1], schedule, start_t)
