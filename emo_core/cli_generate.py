@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0.6, Hallo and EchoMimic 1 as their own code)")
     p.add_argument("--noise-correlation", type=float, default=None,
                    help="share of each clip's initial noise its frames have in common, in [0, 1) (steadier pose "
-                        "inside a clip; default: the model's, 0 but for EMO)")
+                        "inside a clip, joins less so; default: the model's, 0)")
     p.add_argument("--speed-guidance", type=float, default=None,
                    help="guidance scale of the head speed alone, >= 0 (models with speed layers, with --cfg > 1): "
                         "how strongly the asked speed is followed; equal to --cfg: plain guidance (default: the "

@@ -170,7 +170,7 @@ class EmoPipeline:
         ``guidance`` > 1; no effect without a speed or speed layers); None: the family's default
         (EMO's when ``guidance`` > 1; ``speed_guidance == guidance``: plain CFG).
         ``noise_correlation``: the share of the drawn noise all frames have in common
-        (``ddim.frame_noise``); None: the family's default (0 but for EMO).
+        (``ddim.frame_noise``); None: the family's default (0 for every family: see the README's *Speed control*).
         Returns latents [1, 4, f, h, w]."""
         steps, guidance = checks.steps(steps), checks.guidance(guidance, "guidance")
         sampler = check_sampler(sampler)
