@@ -277,7 +277,8 @@ def fit_yaw(img: np.ndarray, identity: Identity, centre: tuple[float, float], gu
     cx, cy = centre
     rx = identity.radius * size
     ry = rx * identity.aspect
-    window = (int(max(0, cx - rx - 3)), int(max(0, cy - ry - 3)), int(min(size, cx + rx + 4)), int(min(size, cy + ry + 4)))
+    window = (int(max(0, cx - rx - 3)), int(max(0, cy - ry - 3)),
+              int(min(size, cx + rx + 4)), int(min(size, cy + ry + 4)))
     crop = img[window[1]:window[3], window[0]:window[2]]
 
     def err(yaw, mouth, x, y):
