@@ -20,7 +20,7 @@ from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_po
 from .config import EmoConfig
 from .models.backbone import DeepCache
 from .models.emo import EmoNet
-from .sampling.ddim import Schedule, frame_noise, sample_ddim
+from .sampling.ddim import Schedule, check_noise_correlation, frame_noise, sample_ddim
 from .sampling.guidance import check_speed_guidance
 from .sampling.samplers import check_sampler, sigma_interval, to_model_space
 from .sampling.samplers import sample as sample_sigmas
@@ -279,9 +279,8 @@ class EmoPipeline:
         join_denoise = families.family_of(self.cfg).join_denoise if join_denoise is None else join_denoise
         join_timestep(self.schedule, steps, join_denoise)  # checked before the first clip
         speed_guidance = self.resolve_speed_guidance(speed_guidance, guidance, speed)  # checked before the first clip
-        if noise_correlation is None:
-            noise_correlation = families.family_of(self.cfg).noise_correlation
-        frame_noise((1, 1, 1, 1, 1), noise_correlation)  # checked before the first clip
+        noise_correlation = check_noise_correlation(families.family_of(self.cfg).noise_correlation
+                                                    if noise_correlation is None else noise_correlation)
         if speed is not None and not bool(torch.isfinite(speed).all() and (speed >= 0).all()):
             raise ValueError("speed: expected finite degrees per frame >= 0 for every frame, got NaN/inf or negative")
         windows = self.audio_windows_ok(audio_windows)

@@ -141,17 +141,22 @@ def ddim_step(output, x, alpha_prod_t, alpha_prod_prev, prediction_type, eta=0.0
     return x_prev, x0
 
 
-def frame_noise(shape, correlation: float = 0.0, generator: torch.Generator | None = None,
-                device=None) -> torch.Tensor:
-    """Unit Gaussian noise for a clip [b, C, f, h, w] whose frames share ``correlation`` of their
-    variance (the mixed noise prior of PYoCo, Ge et al. 2023): sqrt(c) times one draw for all frames
-    plus sqrt(1 - c) times a draw per frame. Each frame is still standard normal; frames that start
-    alike start in the same pose, so a clip does not wobble between the poses its frames' noise
-    picks. ``correlation`` 0 draws exactly ``torch.randn(shape)``."""
+def check_noise_correlation(correlation) -> float:
+    """``correlation`` as a float in [0, 1), else a ValueError naming ``noise_correlation``."""
     c = float(correlation)
     if not 0.0 <= c < 1.0:
         raise ValueError(f"noise_correlation: expected a fraction in [0, 1), got {correlation}")
-    device = device if device is not None else (generator.device if generator is not None else "cpu")
+    return c
+
+
+def frame_noise(shape, correlation: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Unit Gaussian noise for a clip [b, C, f, h, w] whose frames share ``correlation`` of their
+    variance (the mixed noise prior of PYoCo, Ge et al. 2023): sqrt(c) times one draw for all frames
+    plus sqrt(1 - c) times a draw per frame, on the ``generator``'s device. Each frame is still
+    standard normal; frames that start alike start in the same pose, so a clip does not wobble
+    between the poses its frames' noise picks. ``correlation`` 0 draws exactly ``torch.randn(shape)``."""
+    c = check_noise_correlation(correlation)
+    device = generator.device if generator is not None else "cpu"
     noise = torch.randn(shape, generator=generator, device=device)
     if c == 0.0:
         return noise
