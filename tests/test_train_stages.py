@@ -418,6 +418,23 @@ def test_reference_shift_moves_the_reference_face_inside_the_frame(shards):
     assert float(out.min()) == -1.0
 
 
+
+def test_adjacent_reference_copies_the_frame_just_before_the_clip(shards):
+    common = dict(frames=3, motion=2, with_audio=False)
+    infos = D.list_shards([str(shards)])
+    true = D.ClipDataset(infos, **common)
+    adjacent = D.ClipDataset(infos, motion_reference_prob=1.0, motion_reference_adjacent=True, **common)
+    anywhere = D.ClipDataset(infos, motion_reference_prob=1.0, **common)
+    differs = 0
+    for key in range(8):
+        t, a, r = true[key], adjacent[key], anywhere[key]
+        before = t["pixels"][1]  # the last true motion frame, right before the clip
+        assert torch.equal(a["reference"], before)
+        assert all(torch.equal(a["pixels"][i], before) for i in range(2))
+        assert torch.equal(a["pixels"][2:], t["pixels"][2:]) and torch.equal(a["mask"], t["mask"])
+        assert bool(a["motion_is_reference"]) and torch.equal(r["pixels"][2:], t["pixels"][2:])
+        differs += not torch.equal(r["reference"], before)
+    assert differs >= 4  # without the option the reference is any frame of the video
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_snr_gamma_weights_the_x0_error_by_truncated_one_plus_snr(prediction):
     from emo_core.sampling.ddim import Schedule

@@ -243,7 +243,10 @@ class ClipDataset(torch.utils.data.Dataset):
     ``frames == 1`` (stage 1): one target frame and a reference frame from the same video.
     ``frames > 1`` (stages 2-3): ``motion + frames`` consecutive frames; the first ``motion``
     are the motion frames, with probability ``motion_reference_prob`` replaced by copies of
-    the reference frame (what the first clip of a video sees at inference).
+    the reference frame (what the first clip of a video sees at inference). With
+    ``motion_reference_adjacent`` the reference of those items is the frame just before the clip,
+    so the clip continues from the reference's head pose as a first clip should; otherwise it is
+    any frame of the video and the clip may start from any pose.
 
     Items (tensors): ``pixels`` [k, 3, S, S] in [-1, 1] (motion frames first), ``reference``
     [3, S, S], ``mask`` [S, S] (union of the clip's expanded face boxes), ``speed`` [k],
@@ -252,7 +255,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, shards: Sequence[ShardInfo], *, frames: int, motion: int = 0, size: int | None = None,
                  audio_context: int = 2, audio_encoder: Callable | None = None, mask_expand: float = 1.2,
-                 motion_reference_prob: float = 0.0, with_audio: bool = True, reference_shift: float = 0.0):
+                 motion_reference_prob: float = 0.0, with_audio: bool = True, reference_shift: float = 0.0,
+                 motion_reference_adjacent: bool = False):
         if not shards:
             raise ShardError("no shards to train on")
         need = frames + motion
@@ -268,6 +272,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.audio_encoder = audio_encoder
         self.mask_expand = mask_expand
         self.motion_reference_prob = motion_reference_prob
+        self.motion_reference_adjacent = motion_reference_adjacent
         self.with_audio = with_audio
         self.reference_shift = reference_shift
         self.weights = np.array([s.info.num_frames - need + 1 for s in self.shards], np.float64)
@@ -298,6 +303,13 @@ class ClipDataset(torch.utils.data.Dataset):
             self._audio_cache[k] = feats
         return self._audio_cache[k]
 
+    def _adjacent_reference(self, pixels: torch.Tensor, box, rng: random.Random) -> torch.Tensor:
+        """The frame just before the clip as the reference (moved like any reference)."""
+        reference = pixels[self.motion - 1].clone()
+        if self.reference_shift > 0 and rng.random() < self.reference_shift:
+            reference = shift_face(reference, box, rng)
+        return reference
+
     def __getitem__(self, key: int) -> dict:
         rng = random.Random(int(key))
         k = int(np.searchsorted(np.cumsum(self.weights), rng.random() * (1 - 1e-12), side="right"))
@@ -315,6 +327,8 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.reference_shift > 0 and rng.random() < self.reference_shift:
             reference = shift_face(reference, boxes[ref_idx] * scale, rng)  # motion copies below use it too
         motion_is_ref = self.motion > 0 and rng.random() < self.motion_reference_prob
+        if motion_is_ref and self.motion_reference_adjacent:
+            reference = self._adjacent_reference(pixels, boxes[start + self.motion - 1] * scale, rng)
         if motion_is_ref:
             pixels[: self.motion] = reference
         clip = slice(start + self.motion, start + need)

@@ -49,7 +49,7 @@ DEFAULTS: dict = {
     "init": {},
     "data": {"shards": [], "validation_shards": None, "size": None, "frames": None, "motion_frames": None,
              "motion_reference_prob": 0.25, "mask_expand": 1.2, "wav2vec": None, "workers": 0,
-             "reference_shift": 0.0},
+             "reference_shift": 0.0, "motion_reference_adjacent": False},
     "latents": {"kind": "vae", "path": None, "pool": 4, "scale": 1.0},
     "schedule": {},
     "optim": {"lr": 1e-5, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "max_grad_norm": 1.0,
@@ -453,7 +453,8 @@ def _dataset(cfg: dict, ec: EmoConfig, shards, codec_channels: int) -> D.ClipDat
     ds = D.ClipDataset(shards, frames=frames, motion=motion, size=d["size"], audio_context=ec.audio.context,
                        audio_encoder=encoder, mask_expand=d["mask_expand"],
                        motion_reference_prob=d["motion_reference_prob"], with_audio=stage >= 2,
-                       reference_shift=float(d.get("reference_shift", 0.0)))
+                       reference_shift=float(d.get("reference_shift", 0.0)),
+                       motion_reference_adjacent=bool(d.get("motion_reference_adjacent", False)))
     if ds.size % ec.size_multiple:
         raise TrainConfigError(f"frame size {ds.size} must be a multiple of {ec.size_multiple} for this model "
                                "(set data.size)")
