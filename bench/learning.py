@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diag_common import frames_uint8  # noqa: E402  (same folder)
-from emo_core.eval.long_video import join_ratio  # noqa: E402
+from emo_core.eval.long_video import join_jump, join_ratio  # noqa: E402
 from emo_core.families import FAMILIES  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
 from emo_core.train.latents import PixelLatent, build_codec  # noqa: E402
@@ -139,7 +139,8 @@ def measure(cases, imgs, frames: int) -> dict:
             "speed": {k: float(np.mean(v)) for k, v in sorted(speeds.items())},
             "abs_dyaw": {k: float(np.mean(v)) for k, v in sorted(jitter.items())},
             "speed_first_clip": {k: float(np.mean(v)) for k, v in sorted(first.items())},
-            "seam": join_ratio(yaws, frames), "images": imgs}
+            "seam": join_ratio(yaws, frames), "seam_degrees": join_jump(yaws, frames), "images": imgs}
+
 
 
 @torch.no_grad()
@@ -282,6 +283,7 @@ def main(argv=None) -> int:
     row("reference-colour error (0..1, lower)", *(r["colour_err"] for r in rs))
     row("face centre in locator box, not at ref", *(r["inside_box"] for r in rs))
     row("clip joins: |d yaw| across / inside (~1)", *(r["seam"] for r in rs))
+    row("  (|d yaw| across joins, degrees)", *(r["seam_degrees"] for r in rs))
     for s in sorted(r_tr["speed"]):
         row(f"head speed asked {s:g} deg/frame -> measured", *(r["speed"][s] for r in rs))
     for s in sorted(r_tr["speed"]):
@@ -324,18 +326,20 @@ def summary_line(runs: list[dict]) -> str:
 
 
 def seed_table(runs: list[dict]) -> str:
-    """One row per seed: mouth r, joins, the speed error (asked, driving), monotonic, the measured
-    speeds asked and from the driving videos (truth)."""
-    lines = [f"{'seed':>4}  {'mouth r':>7}  {'joins':>5}  {'speed error (asked, driving)':>28}  monotonic  "
-             "asked -> measured (truth); driving video -> measured"]
+    """One row per seed: mouth r, joins (ratio, and the jump in degrees), the speed error (asked,
+    driving), monotonic, the measured speeds asked and from the driving videos (truth)."""
+    lines = [f"{'seed':>4}  {'mouth r':>7}  {'joins':>5}  {'jump':>5}  {'speed error (asked, driving)':>28}  "
+             "monotonic  asked -> measured (truth); driving video -> measured"]
     for r in runs:
         speeds = "  ".join(f"{k}: {v:.2f} ({r['truth']['speed'][k]:.2f})" for k, v in r["trained"]["speed"].items())
         if "driving" in r:
             speeds += ";  " + "  ".join(f"{v:.2f}" for v in r["driving"]["speed"].values())
         err = f"{speed_error(r):.2f} ({speed_error(r, ('trained',)):.2f}, " + (
             f"{speed_error(r, ('driving',)):.2f})" if "driving" in r else "-)")
-        lines.append(f"{r['seed']:>4}  {r['trained']['mouth_corr']:>7.3f}  {r['trained']['seam']:>5.2f}  {err:>28}  "
-                     f"{str(monotonic(r)):>9}  {speeds}")
+        jump = r["trained"].get("seam_degrees")  # degrees (not in results written before it was measured)
+        jump = "-" if jump is None else f"{jump:.1f}"
+        lines.append(f"{r['seed']:>4}  {r['trained']['mouth_corr']:>7.3f}  {r['trained']['seam']:>5.2f}  {jump:>5}  "
+                     f"{err:>28}  {str(monotonic(r)):>9}  {speeds}")
     return "\n".join(lines)
 
 

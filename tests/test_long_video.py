@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emo_core.eval import motion
-from emo_core.eval.long_video import drift, join_changes, join_ratio, per_window, window_ranges
+from emo_core.eval.long_video import drift, join_changes, join_jump, join_ratio, per_window, window_ranges
 from emo_core.train import synthetic as S
 
 SIZE = 64
@@ -27,6 +27,10 @@ def test_join_ratio_is_one_for_constant_motion_and_grows_with_jumps_at_the_joins
     # the definition on exact series: 1 for constant motion, (speed + jump) / speed with the jumps
     assert join_ratio(smooth, clip) == pytest.approx(1.0, abs=1e-12)
     assert join_ratio(jumpy, clip) == pytest.approx((speed + jump) / speed, rel=1e-12)
+    assert join_jump(smooth, clip) == pytest.approx(speed, rel=1e-12)
+    assert join_jump([jumpy, smooth], clip) == pytest.approx(speed + jump / 2, rel=1e-12)  # pooled joins
+    wobbly = jumpy + 4 * speed * (-1.0) ** t  # a head wobbling inside its clips hides the jump from the ratio
+    assert join_ratio(wobbly, clip) < join_ratio(jumpy, clip) and join_jump(wobbly, clip) > speed + jump
 
     # cut into clips and chained, as rendered and measured from the frames
     seamless = _measured_yaw(identity, smooth)

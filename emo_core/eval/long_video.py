@@ -50,6 +50,15 @@ def join_changes(series, clip_frames: int) -> tuple[np.ndarray, np.ndarray]:
     return d[joins & ok], d[~joins & ok]
 
 
+def pooled_join_changes(series, clip_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """``join_changes`` of one series [T], or of a list of them (several videos made of clips of
+    the same length), pooled."""
+    if isinstance(series, (list, tuple)) and len(series) and np.ndim(series[0]) == 1:
+        parts = [join_changes(s, clip_frames) for s in series]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return join_changes(series, clip_frames)
+
+
 def join_ratio(series, clip_frames: int) -> float:
     """Mean |change| across clip joins over mean |change| inside clips (about 1 = seamless).
 
@@ -57,15 +66,18 @@ def join_ratio(series, clip_frames: int) -> float:
     (several videos made of clips of the same length), whose joins and insides are pooled.
     NaN when no join was measured (a video of at most one clip); the inside mean is floored at
     1e-6, so a still head with a jump at the joins gives a large number, not a division by 0."""
-    if isinstance(series, (list, tuple)) and len(series) and np.ndim(series[0]) == 1:
-        parts = [join_changes(s, clip_frames) for s in series]
-        across = np.concatenate([p[0] for p in parts])
-        inside = np.concatenate([p[1] for p in parts])
-    else:
-        across, inside = join_changes(series, clip_frames)
+    across, inside = pooled_join_changes(series, clip_frames)
     if across.size == 0:
         return float("nan")
     return float(across.mean() / max(inside.mean() if inside.size else 0.0, 1e-6))
+
+
+def join_jump(series, clip_frames: int) -> float:
+    """Mean |change| across clip joins in the series' own unit (degrees of yaw): the jump that
+    ``join_ratio`` divides by the change inside clips, where a head that wobbles inside its clips
+    makes the same jump look small. NaN when no join was measured."""
+    across = pooled_join_changes(series, clip_frames)[0]
+    return float(across.mean()) if across.size else float("nan")
 
 
 # ---- windows -------------------------------------------------------------------------------
