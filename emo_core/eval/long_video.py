@@ -14,7 +14,9 @@ drift over a long video shows up, and how visible the joins between chained clip
 - Clip joins (``join_ratio``): given a per-frame motion series (head yaw, degrees) and the clip
   length, mean |change| from each clip's last frame to the next clip's first frame over mean
   |change| between neighbouring frames inside clips. About 1: the motion carries across the
-  join; well above 1: every clip starts from its own pose, a visible cut.
+  join; well above 1: every clip starts from its own pose, a visible cut. ``join_jump``: the
+  change across joins alone, in degrees (a head that wobbles inside its clips lowers the ratio
+  without making the joins any smaller).
 """
 from __future__ import annotations
 
