@@ -142,7 +142,6 @@ def measure(cases, imgs, frames: int) -> dict:
             "seam": join_ratio(yaws, frames), "seam_degrees": join_jump(yaws, frames), "images": imgs}
 
 
-
 @torch.no_grad()
 def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, expand: float, codec=None,
              steps: int = 20, cfg_scale: float = 2.0, seed: int = 0, **sample_kw) -> dict:

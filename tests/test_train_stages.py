@@ -418,7 +418,6 @@ def test_reference_shift_moves_the_reference_face_inside_the_frame(shards):
     assert float(out.min()) == -1.0
 
 
-
 def test_adjacent_reference_copies_the_frame_just_before_the_clip(shards):
     common = dict(frames=3, motion=2, with_audio=False)
     infos = D.list_shards([str(shards)])
@@ -435,6 +434,8 @@ def test_adjacent_reference_copies_the_frame_just_before_the_clip(shards):
         assert bool(a["motion_is_reference"]) and torch.equal(r["pixels"][2:], t["pixels"][2:])
         differs += not torch.equal(r["reference"], before)
     assert differs >= 4  # without the option the reference is any frame of the video
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_snr_gamma_weights_the_x0_error_by_truncated_one_plus_snr(prediction):
     from emo_core.sampling.ddim import Schedule
