@@ -149,6 +149,7 @@ def validate_args(args) -> None:
     """Checks every option before anything is loaded; raises UsageError naming the option.
     Also makes sure the output can be written (so no generated video is lost at the end)."""
     from . import checks
+    from .sampling.ddim import check_noise_correlation
     from .sampling.presets import preset
     from .sampling.samplers import check_sampler
     from .video_out import OutputPathError, check_output_path
@@ -160,7 +161,8 @@ def validate_args(args) -> None:
                                  ("--speed", checks.speed, args.speed), ("--fps", checks.fps, args.fps),
                                  ("--seed", checks.seed, args.seed), ("--crf", checks.crf, args.crf),
                                  ("--expand", checks.expand, args.expand),
-                                 ("--speed-guidance", checks.guidance, args.speed_guidance)):
+                                 ("--speed-guidance", checks.guidance, args.speed_guidance),
+                                 ("--noise-correlation", check_noise_correlation, args.noise_correlation)):
         if value is not None:
             try:
                 check(value, option)
@@ -169,8 +171,6 @@ def validate_args(args) -> None:
     if args.speed_guidance is not None and args.cfg is not None and args.cfg <= 1.0:
         raise UsageError(f"--speed-guidance {args.speed_guidance:g}: needs classifier-free guidance, --cfg > 1 "
                          f"(got --cfg {args.cfg:g})")
-    if args.noise_correlation is not None and not 0.0 <= args.noise_correlation < 1.0:
-        raise UsageError(f"--noise-correlation: expected a fraction in [0, 1), got {args.noise_correlation}")
     if args.join_denoise is not None and not 0.0 < args.join_denoise <= 1.0:
         raise UsageError(f"--join-denoise: expected a fraction of the schedule in (0, 1], got {args.join_denoise}")
     for option, check, value in (("--sampler", check_sampler, args.sampler), ("--preset", preset, args.preset)):

@@ -141,11 +141,11 @@ def ddim_step(output, x, alpha_prod_t, alpha_prod_prev, prediction_type, eta=0.0
     return x_prev, x0
 
 
-def check_noise_correlation(correlation) -> float:
-    """``correlation`` as a float in [0, 1), else a ValueError naming ``noise_correlation``."""
+def check_noise_correlation(correlation, name: str = "noise_correlation") -> float:
+    """``correlation`` as a float in [0, 1), else a ValueError naming ``name``."""
     c = float(correlation)
     if not 0.0 <= c < 1.0:
-        raise ValueError(f"noise_correlation: expected a fraction in [0, 1), got {correlation}")
+        raise ValueError(f"{name}: expected a fraction in [0, 1), got {correlation}")
     return c
 
 
