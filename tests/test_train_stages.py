@@ -402,6 +402,47 @@ def test_speed_layers_get_their_own_learning_rate_and_resume(shards, tmp_path):
     assert r.steps == 3
 
 
+def test_weight_average_warms_up_and_lerps_towards_the_weights():
+    from emo_core.train.ema import WeightAverage
+
+    lin = torch.nn.Linear(3, 2)
+    avg = WeightAverage(dict(lin.named_parameters()), 0.99)
+    start = lin.weight.detach().clone()
+    assert avg.decay_at(0) == pytest.approx(0.1) and avg.decay_at(10_000) == 0.99  # (1+s)/(10+s), capped
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    avg.update(0)
+    assert torch.allclose(avg.average["weight"], 0.1 * start + 0.9 * lin.weight)
+    with pytest.raises(ValueError, match="train.ema_decay"):
+        WeightAverage(dict(lin.named_parameters()), 1.0)
+
+
+def test_weight_average_is_the_checkpoint_and_resumes_exactly(shards, tmp_path):
+    from safetensors.torch import load_file
+
+    from emo_core.train.ema import RAW_FILE
+
+    def run(out, steps):
+        cfg = _cfg(3, shards, out, steps)
+        cfg["train"]["ema_decay"] = 0.9
+        cfg["output"]["checkpoint_every"] = 2
+        return train(cfg, log=lambda s: None)
+
+    full = run(tmp_path / "full", 4)
+    avg, raw = load_file(str(full.final / "emo.safetensors")), load_file(str(full.final / RAW_FILE))
+    trained = sorted(raw)
+    assert trained == sorted(apply_stage(build_net(_cfg(3, shards, tmp_path / "x", 1))[0], 3))  # stage 3's weights
+    assert any(not torch.equal(avg[n], raw[n]) for n in trained)  # the model holds the average, not the last step
+    assert all(torch.equal(avg[n], v) for n, v in load_file(str(full.final.parent / "checkpoint-000002" / "emo.safetensors")).items()
+               if n not in raw)  # frozen weights untouched
+
+    run(tmp_path / "part", 2)
+    part = run(tmp_path / "part", 4)  # resumed from step 2: raw weights back in, average continued
+    for name in ("emo.safetensors", RAW_FILE):
+        a, b = load_file(str(full.final / name)), load_file(str(part.final / name))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_reference_shift_moves_the_reference_face_inside_the_frame(shards):
     import random
 

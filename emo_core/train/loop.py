@@ -39,6 +39,7 @@ from ..sampling.guidance import batch_conditions, guided, guided_on_interval, gu
 from ..sampling.samplers import check_sampler, sigma_interval
 from ..sampling.samplers import sample as sample_sigmas
 from . import data as D
+from .ema import RAW_FILE, WeightAverage, check_decay
 from .init import CHECKPOINT_FORMAT, InitError, initialise, read_checkpoint
 from .latents import build_codec
 from .stages import apply_stage, summary
@@ -56,7 +57,7 @@ DEFAULTS: dict = {
               "warmup_steps": 0, "speed_lr_scale": 1.0, "snr_gamma": None, "motion_loss": 0.0},
     "train": {"batch_size": 4, "gradient_accumulation": 1, "max_steps": 1000, "mixed_precision": "no",
               "gradient_checkpointing": False, "seed": 42, "timestep_shift": 1.0, "join_prob": 0.0,
-              "join_denoise": 0.7},
+              "join_denoise": 0.7, "ema_decay": 0.0},
     "dropout": {"all": 0.05, "reference": 0.0, "audio": 0.05, "face": 0.0, "speed": 0.0},
     "trainable": None,
     "frozen": None,
@@ -307,8 +308,10 @@ def _unflatten_optimizer(tensors: dict, meta: dict, names: list[str]) -> dict:
 
 
 def save_checkpoint(folder: Path, net_state: dict, ec: EmoConfig, stage: int, step: int, train_cfg: dict,
-                    optimizer_state: dict | None, param_names: list[str], log_tail: list | None = None) -> Path:
-    """Writes a checkpoint folder atomically (a temporary folder renamed into place)."""
+                    optimizer_state: dict | None, param_names: list[str], log_tail: list | None = None,
+                    raw_state: dict | None = None) -> Path:
+    """Writes a checkpoint folder atomically (a temporary folder renamed into place). ``raw_state``:
+    the raw trained weights when ``net_state`` holds their average (``ema.WeightAverage``)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -323,6 +326,8 @@ def save_checkpoint(folder: Path, net_state: dict, ec: EmoConfig, stage: int, st
     if optimizer_state is not None:
         tensors, ometa = _flatten_optimizer(optimizer_state, param_names)
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"state": json.dumps(ometa)})
+    if raw_state is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in raw_state.items()}, str(tmp / RAW_FILE))
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "stage": stage, "train_config": train_cfg},
                                                        indent=1))
     if folder.exists():
@@ -342,6 +347,8 @@ def _resume_key(cfg: dict) -> dict:
     c = copy.deepcopy(cfg)
     for k in ("max_steps",):
         c["train"].pop(k, None)
+    if not c["train"].get("ema_decay"):  # runs written before the option resume too
+        c["train"].pop("ema_decay", None)
     c["output"] = {}
     c["data"].pop("workers", None)
     return c
@@ -476,6 +483,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
     acc = accelerator or Accelerator(mixed_precision=t["mixed_precision"])
     check_distributed_type(acc)
     main = acc.is_main_process
+    ema_decay = check_decay(t["ema_decay"])
     out = Path(o["dir"])
     existing = checkpoints_in(out) if out.is_dir() else []
     resume_from = None
@@ -540,6 +548,9 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(opt_file)), ometa, opt_names))
         sched.last_epoch = start_step - 1
         sched.step()
+    ema = WeightAverage({n: params[n] for n in names}, ema_decay) if ema_decay else None
+    if ema is not None and resume_from is not None:
+        ema.resume(resume_from)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for line in report:
@@ -616,6 +627,8 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
         optimizer.step()
         sched.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(step)
         step += 1
         micro = 0
         mean_loss = float(acc.reduce(acc_loss, "mean"))
@@ -634,7 +647,7 @@ def train(cfg: dict, *, resume: str = "auto", accelerator=None, log: Callable[[s
                 validate(acc.unwrap_model(step_module).net, codec, schedule, val_ds, cfg, step, out / "samples")
             acc.wait_for_everyone()
         if step % int(o["checkpoint_every"]) == 0 or step == t["max_steps"]:
-            _save(acc, step_module, optimizer, ec, cfg, step, opt_names, out, keep=int(o["keep_checkpoints"]))
+            _save(acc, step_module, optimizer, ec, cfg, step, opt_names, out, keep=int(o["keep_checkpoints"]), ema=ema)
     if bar is not None:
         bar.close()
     final = out / f"checkpoint-{step:06d}"
@@ -655,12 +668,16 @@ def check_distributed_type(acc) -> None:
                                "train.mixed_precision to fit memory")
 
 
-def _save(acc, step_module, optimizer, ec, cfg, step, names, out: Path, keep: int) -> None:
+def _save(acc, step_module, optimizer, ec, cfg, step, names, out: Path, keep: int,
+          ema: WeightAverage | None = None) -> None:
     state = acc.get_state_dict(step_module)
     net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     if acc.is_main_process:
+        raw = None
+        if ema is not None:
+            raw, net_state = ema.raw_state(), ema.averaged_state(net_state)
         save_checkpoint(out / f"checkpoint-{step:06d}", net_state, ec, cfg["stage"], step, cfg,
-                        optimizer.state_dict(), names)
+                        optimizer.state_dict(), names, raw_state=raw)
         if keep > 0:
             for old in checkpoints_in(out)[:-keep]:
                 shutil.rmtree(old)
