@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diag_common import frames_uint8  # noqa: E402  (same folder)
+from emo_core.chaining import first_motion_frames  # noqa: E402
 from emo_core.eval.long_video import join_jump, join_ratio  # noqa: E402
 from emo_core.families import FAMILIES  # noqa: E402
 from emo_core.train import synthetic as S  # noqa: E402
@@ -76,6 +77,7 @@ def eval_cases(n: int, frames: int, motion: int, size: int, speeds, seed: int = 
         yaw = S.yaw_track(rng, total, speed)
         truth = np.stack([S.render(ident, bx, cy, y, e, size) for y, e in zip(yaw, env)])
         cases.append({"identity": ident, "reference": ref, "box": S.face_box(ident, bx, cy, size),
+                      "reference_box": S.face_box(ident, ax, cy, size),
                       "centre": (bx, cy), "ref_centre": (ax, cy), "loudness": S.loudness(wave, total), "features": feats,
                       "speed": speed, "truth": truth})
     return cases
@@ -146,7 +148,8 @@ def measure(cases, imgs, frames: int) -> dict:
 def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, expand: float, codec=None,
              steps: int = 20, cfg_scale: float = 2.0, seed: int = 0, **sample_kw) -> dict:
     """Generates each case's video clip after clip as EMO does: the first clip's motion frames
-    are copies of the reference, every later clip's are the last ``motion`` generated frames.
+    are copies of the reference with its face moved into the locator box, as the pipeline makes
+    them (``chaining.first_motion_frames``), every later clip's are the last ``motion`` generated frames.
     ``sample_kw``: ``generate_clip``'s sampler options (sampler, guidance_interval, deep_cache)."""
     from emo_core.preprocess.audio_features import window_features
     from emo_core.train.data import box_mask
@@ -154,9 +157,10 @@ def evaluate(net, schedule, cases, frames: int, motion: int, m: int, size: int, 
     codec = codec or PixelLatent(4)
     net.eval()
     ref = torch.stack([_pix(c["reference"]) for c in cases])
-    mot = ref[:, None].expand(-1, motion, -1, -1, -1) if motion else None
     join = sample_kw.pop("join_denoise", 1.0)
     mask = torch.stack([box_mask(torch.tensor(c["box"])[None], size, expand) for c in cases])
+    mot = torch.stack([first_motion_frames(r, motion, c["reference_box"], m)
+                       for r, c, m in zip(ref, cases, mask)]) if motion else None
     total = len(cases[0]["loudness"])
     # per-frame speed over the whole video: a driving video's measured track, or the asked speed
     track = torch.tensor(np.stack([c.get("speed_track", np.full(total, c["speed"])) for c in cases]), dtype=torch.float32)

@@ -41,6 +41,47 @@ def chain_clips(num_frames: int, clip_frames: int, motion_frames: int,
         yield clip[: max(0, min(clip_frames, num_frames - frames.start))]
 
 
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), ends exclusive, around a mask's pixels > 0.5 ([H, W]); None when it has none."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def move_face(image: torch.Tensor, face_box, target_box) -> torch.Tensor:
+    """The portrait [C, H, W] moved by whole pixels so that the centre of ``face_box`` (x0, y0, x1,
+    y1 in its pixels) lands on the centre of ``target_box``; the uncovered side repeats the edge."""
+    dx = round((target_box[0] + target_box[2] - face_box[0] - face_box[2]) / 2)
+    dy = round((target_box[1] + target_box[3] - face_box[1] - face_box[3]) / 2)
+    if dx == 0 and dy == 0:
+        return image
+    h, w = image.shape[-2:]
+    dx, dy = max(-w + 1, min(w - 1, dx)), max(-h + 1, min(h - 1, dy))
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
+    padded = torch.nn.functional.pad(image[None].float(), pad, mode="replicate")[0].to(image.dtype)
+    x0, y0 = max(-dx, 0), max(-dy, 0)
+    return padded[:, y0:y0 + h, x0:x0 + w]
+
+
+def first_motion_frames(image: torch.Tensor, n: int, face_box=None, face_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The first clip's motion frames [n, C, H, W]: copies of the portrait [C, H, W], as Hallo
+    has them. Given the portrait's ``face_box`` and the first clip's face-locator ``face_mask``
+    [H, W] and a face whose centre lies outside the mask, the copies show the face at the centre of
+    the mask's box (``move_face``): the motion frames are the video's past, and a past with the face
+    elsewhere than the clip's makes the first clip's head turn on its own (bench/learning.py,
+    asked 1 deg/frame: 1.2-1.3 in the first clip instead of 2.8-3.3). A face inside its mask (a
+    mask made from the portrait's own face) is left where it is."""
+    if face_box is not None and face_mask is not None:
+        h, w = face_mask.shape[-2:]
+        cx = min(w - 1, max(0, int((face_box[0] + face_box[2]) / 2)))
+        cy = min(h - 1, max(0, int((face_box[1] + face_box[3]) / 2)))
+        target = mask_box(face_mask)
+        if target is not None and float(face_mask[cy, cx]) <= 0.5:
+            image = move_face(image, face_box, target)
+    return image[None].expand(n, *image.shape)
+
+
 def join_timestep(schedule, steps: int, denoise: float) -> int | None:
     """Where a clip after the first starts denoising when it starts from the previous clip's
     last frame: the largest of the sampler's ``steps`` timesteps at or below ``denoise`` of the

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import checks, families
-from .chaining import chain_clips, join_start, join_timestep
+from .chaining import chain_clips, first_motion_frames, join_start, join_timestep
 from .conditioning import ReferenceState, clip_conditioning, denoiser, encode_portrait
 from .config import EmoConfig
 from .models.backbone import DeepCache
@@ -28,6 +28,17 @@ from .vae import Vae
 from .windows import frame_windows, take_padded
 
 __all__ = ["EmoPipeline", "ReferenceState"]
+
+
+def first_motion_pixels(cfg: EmoConfig, image: torch.Tensor, face_mask: torch.Tensor | None = None,
+                        reference_box=None) -> torch.Tensor:
+    """The first clip's motion frames [n, H, W, 3] from the reference image [H, W, 3]: its copies,
+    with the face moved into the first clip's ``face_mask`` for families that place them (EMO's;
+    ``chaining.first_motion_frames``). ``reference_box``: the face (x0, y0, x1, y1) in the image."""
+    place = families.family_of(cfg).place_first_motion and reference_box is not None
+    frames = first_motion_frames(image.permute(2, 0, 1), cfg.motion_frames, reference_box if place else None,
+                                 face_mask)
+    return frames.permute(0, 2, 3, 1)
 
 
 class EmoPipeline:
@@ -254,7 +265,7 @@ class EmoPipeline:
                  guidance_interval: tuple[float, float] | None = None, deep_cache: int | None = None,
                  interval: Callable | None = None, sample_fn: Callable | None = None,
                  join_denoise: float | None = None, speed_guidance: float | None = None,
-                 noise_correlation: float | None = None) -> Iterator[torch.Tensor]:
+                 noise_correlation: float | None = None, reference_box=None) -> Iterator[torch.Tensor]:
         """Yields clips of frames [k, H, W, 3] in 0..1; in total exactly ``num_frames`` frames (default:
         one per row of ``audio_windows``: [T, window, blocks, size], or wav2vec features [T, blocks,
         size], whose rows past ``num_frames`` are window context only). face_mask: [H, W] for the
@@ -264,7 +275,10 @@ class EmoPipeline:
         previous clip's last frame at this level of the schedule (``chaining.join_timestep``; 1 = from
         pure noise; None: the model family's default, 1 for Hallo and EchoMimic as their own code
         does; not used with ``sample_fn``, whose sigmas are the caller's). ``speed_guidance``,
-        ``noise_correlation``: as ``sample_clip``."""
+        ``noise_correlation``: as ``sample_clip``. ``reference_box``: the face (x0, y0, x1, y1) in the
+        reference image's pixels; with ``face_mask``, models of a family that places the first
+        motion frames (EMO's) get copies of the reference with the face moved into the first clip's
+        mask (``chaining.first_motion_frames``)."""
         steps, guidance, seed = checks.steps(steps), checks.guidance(guidance, "guidance"), checks.seed(seed)
         sampler = check_sampler(sampler)
         if guidance_interval is not None:
@@ -302,12 +316,18 @@ class EmoPipeline:
             return
         f, n = self.cfg.clip_frames, self.cfg.motion_frames
         clips = -(-total // f)
-        initial = ref.image[None].expand(n, -1, -1, -1) if motion_start == "reference" and n else None
+
+        def clip_mask(frames: range):  # the union of the clip's masks, as EMO
+            if face_mask is not None and face_mask.ndim == 3:
+                return take_padded(face_mask, frames).amax(0)
+            return face_mask
+
+        initial = None
+        if motion_start == "reference" and n:
+            initial = first_motion_pixels(self.cfg, ref.image, clip_mask(range(f)), reference_box)
 
         def make_clip(index: int, frames: range, motion_pixels):
-            mask = face_mask
-            if face_mask is not None and face_mask.ndim == 3:
-                mask = take_padded(face_mask, frames).amax(0)
+            mask = clip_mask(frames)
             clip_speed = None if speed is None else take_padded(speed, frames)
             motion_latents = None if motion_pixels is None else self.vae.encode_images(motion_pixels)
             cb = None if callback is None else (lambda s: callback({"clip": index + 1, "clips": clips, **s}))

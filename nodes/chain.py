@@ -146,7 +146,7 @@ class EmoGenerate:
                                           steps=steps, guidance=cfg, seed=seed, motion_start=motion_start,
                                           callback=progress, num_frames=total, sampler=sampler_name,
                                           guidance_interval=interval, sample_fn=sample_fn, join_denoise=join,
-                                          speed_guidance=speed_scale):
+                                          speed_guidance=speed_scale, reference_box=reference.get("face_box")):
                     clip = clip.float().cpu()
                     if clip.shape[0] == 0:
                         continue

@@ -119,7 +119,9 @@ class EmoReferenceEncode:
             else:
                 state = pipe.encode_reference(portrait, face_embedding=emb)
             state = state.to("cpu")
-        ref = {"state": state, "image": portrait, "size": tuple(portrait.shape[:2]), "model_key": emo_model.key}
+        face = framed.face
+        ref = {"state": state, "image": portrait, "size": tuple(portrait.shape[:2]), "model_key": emo_model.key,
+               "face_box": None if face is None or face.score <= 0 else tuple(float(v) for v in face.box_xyxy)}
         return (ref, portrait[None].clone(), framed.framing)
 
 

@@ -84,11 +84,17 @@ class ClipInputs:
                                f"{len(plan)} clips of {cfgm.clip_frames}")
         frames = plan[clip_index]
         n = cfgm.motion_frames
+        mask = face_mask_for(face_mask, total, size)
+        clip_mask = mask if mask is None or mask.ndim == 2 else take_padded(mask, frames).amax(0)
         if motion_frames is None:
             if clip_index > 0:
                 raise EmoNodeError(f"clip {clip_index} needs the previous clip's frames: connect EMO Decode Clip's "
                                    "IMAGE to motion_frames")
-            motion_pixels = reference["image"][None].expand(n, -1, -1, -1) if n else None
+            motion_pixels = None
+            if n:
+                from emo_core.pipeline import first_motion_pixels
+
+                motion_pixels = first_motion_pixels(cfgm, reference["image"], clip_mask, reference.get("face_box"))
         else:
             if tuple(motion_frames.shape[1:3]) != tuple(size):
                 raise EmoNodeError(f"motion frames are {tuple(motion_frames.shape[1:3])}, the portrait {tuple(size)}")
@@ -96,12 +102,11 @@ class ClipInputs:
             if n and motion_pixels.shape[0] < n:  # fewer frames than needed: repeat the first
                 pad = motion_pixels[:1].expand(n - motion_pixels.shape[0], -1, -1, -1)
                 motion_pixels = torch.cat([pad, motion_pixels])
-        mask = face_mask_for(face_mask, total, size)
         sp = speed_for(speed, total, emo_audio["fps"])
         self.emo_model, self.reference, self.emo_audio = emo_model, reference, emo_audio
         self.index, self.frames, self.total, self.clips = clip_index, frames, total, len(plan)
         self.motion_pixels = motion_pixels
-        self.mask = mask if mask is None or mask.ndim == 2 else take_padded(mask, frames).amax(0)
+        self.mask = clip_mask
         self.regions = regions_for(emo_model, regions, mask, size)
         self.speed = None if sp is None else take_padded(sp, frames)
 

@@ -29,7 +29,8 @@ EMO_AUDIO      dict: "windows" float32 CPU tensor: per-frame wav2vec2 features [
                "source" ("emo-wav2vec2" | "emo-whisper" | "comfy-audio-encoder").
 EMO_REFERENCE  dict: "state" (emo_core.pipeline.ReferenceState on the CPU: the prepared
                portrait, its latent, identity tokens, cached ReferenceNet features),
-               "image" [H, W, 3], "size" (H, W), "model_key" (which EMO_MODEL made it).
+               "image" [H, W, 3], "size" (H, W), "model_key" (which EMO_MODEL made it),
+               "face_box" (x0, y0, x1, y1) of the face in "image", or None (no face found).
 EMO_SPEED      dict: "speed" [T] float32 degrees per frame or None, "constant" float or None
                (one target for every frame), "fps" float (frames the series is measured in).
 EMO_REGIONS    dict: "full" / "face" / "lip" [H, W] float masks (Hallo's audio-attention

@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from emo_core import families
-from emo_core.chaining import chain_clips, plan_clips
+from emo_core.chaining import chain_clips, first_motion_frames, mask_box, move_face, plan_clips
 from emo_core.pipeline import EmoPipeline
 from emo_core.sampling.ddim import Schedule, sample_ddim
 from emo_core.sampling.guidance import batch_conditions, guided, guided_speed, unconditional, without_speed
@@ -146,6 +146,55 @@ def test_pipeline_chains_motion_frames_and_frame_indices():
         assert clip_rows[k] == expected and clip_speeds[k] == [0.5 * i for i in expected]
     for prev, nxt in zip(clip_rows, clip_rows[1:]):
         assert nxt[0] == prev[-1] + 1  # no frame is skipped or repeated at a join
+
+
+def _box_mask(box, h=64, w=64):
+    m = torch.zeros(h, w)
+    m[box[1]:box[3], box[0]:box[2]] = 1
+    return m
+
+
+def test_first_motion_frames_move_a_face_outside_its_mask_into_it():
+    image = torch.zeros(3, 64, 64)
+    image[:, 20:30, 4:14] = torch.arange(10.0)  # the "face": a ramp in x, at the left
+    face = (4, 20, 14, 30)
+    assert mask_box(_box_mask((40, 10, 60, 40))) == (40, 10, 60, 40)
+    assert mask_box(torch.zeros(8, 8)) is None
+    moved = first_motion_frames(image, 2, face, _box_mask((40, 10, 60, 40)))
+    assert moved.shape == (2, 3, 64, 64)
+    # the face's centre (9, 25) lands on the mask's (50, 25): 41 pixels right, the ramp intact
+    torch.testing.assert_close(moved[0, :, 20:30, 45:55], image[:, 20:30, 4:14])
+    assert float(moved[0, :, 20:30, 4:14].abs().sum()) == 0
+    # the uncovered side repeats the image's edge; moving back restores what stayed inside
+    torch.testing.assert_close(move_face(moved[0], (45, 20, 55, 30), face)[:, :, :23], image[:, :, :23])
+    # a face inside its mask, or no mask / no box: plain copies of the portrait
+    for box, mask in ((face, _box_mask((0, 10, 30, 40))), (None, _box_mask((40, 10, 60, 40))), (face, None)):
+        torch.testing.assert_close(first_motion_frames(image, 2, box, mask), image[None].expand(2, -1, -1, -1))
+
+
+@pytest.mark.parametrize("family", ["emo", "hallo"])
+def test_pipeline_places_the_first_motion_frames_in_the_face_mask_for_emo(family):
+    """EmoPipeline.generate's first clip: EMO's motion frames show the reference's face inside the
+    face-locator mask (the CLI and nodes pass the face box they found); Hallo's stay copies, as
+    Hallo's own code has them."""
+    pipe = EmoPipeline.tiny(seed=4, family=family)
+    n, a = pipe.cfg.motion_frames, pipe.cfg.audio
+    portrait = torch.rand(64, 64, 3)
+    ref = pipe.encode_reference(portrait)
+    windows = torch.randn(pipe.cfg.clip_frames, 2 * a.context + 1, a.feature_blocks, a.feature_dim)
+    seen = []
+    encode = pipe.vae.encode_images
+    pipe.vae.encode_images = lambda images: seen.append(images.clone()) or encode(images)
+    face, mask = (4, 20, 14, 30), _box_mask((40, 10, 60, 40))
+    region = {k: [torch.ones(1, (8 >> lv) ** 2) for lv in range(4)] for k in ("full", "face", "lip")}
+    list(pipe.generate(ref, windows, face_mask=mask, region_masks=region if pipe.cfg.audio.region_attention else None,
+                       steps=1, seed=0, reference_box=face))
+    image = pipe.check_image(portrait)
+    expected = image[None].expand(n, -1, -1, -1)
+    if family == "emo":
+        expected = first_motion_frames(image.permute(2, 0, 1), n, face, mask).permute(0, 2, 3, 1)
+        assert not torch.equal(expected, image[None].expand(n, -1, -1, -1))
+    torch.testing.assert_close(seen[0], expected)
 
 
 @pytest.mark.parametrize("fps", [25, 30])

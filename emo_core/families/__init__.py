@@ -33,10 +33,13 @@ class Family:
     # its own guidance scale on the speed (guidance.guided_speed) when CFG is on and a speed is given
     speed_guidance: float | None = None
     noise_correlation: float = 0.0  # share of the initial noise every frame of a clip has in common (ddim.frame_noise)
+    # the first clip's motion frames show the reference's face inside the face-locator mask
+    # (chaining.first_motion_frames); Hallo and EchoMimic copy the reference as it is
+    place_first_motion: bool = False
 
 
 FAMILIES = {
-    "emo": Family("emo", 40, 3.5, "clean", join_denoise=0.6, speed_guidance=5.0),
+    "emo": Family("emo", 40, 3.5, "clean", join_denoise=0.6, speed_guidance=5.0, place_first_motion=True),
     "hallo": Family(hallo.NAME, hallo.DEFAULT_STEPS, hallo.DEFAULT_CFG, "hallo", audio_as_hallo=True),
     "echomimic": Family("echomimic", 30, 2.5, "clean", accelerated_steps=6, accelerated_guidance=1.0),
 }
