@@ -16,7 +16,8 @@ prints, for the untrained and the trained model:
   line fitted to the per-frame yaw (``synthetic.measure_frame``: the yaw whose rendering of the
   identity best matches the frame, unbiased over the whole +-40 degrees), so jitter averages out,
   averaged over the clips (mean |d yaw|, which counts jitter as motion, is printed too), and the
-  first clip's alone (its motion frames are reference copies: the speed condition is all it has)
+  first clip's alone (its motion frames are copies of the reference, held still: the speed
+  condition is all it has)
 - the same from a driving video: each held-out truth video's head speed, measured per frame from
   its frames (``preprocess.pose.rotation_speed``, as EMO Speed measures one), asked of the
   trained model; its speed should come back out (the summary's speed error counts it)
@@ -119,7 +120,7 @@ def measure(cases, imgs, frames: int) -> dict:
     mouth, loud, colour_err, inside, yaws = [], [], [], [], []
     speeds: dict[float, list] = {}
     jitter: dict[float, list] = {}
-    first: dict[float, list] = {}  # the first clip's speed (its motion frames are reference copies)
+    first: dict[float, list] = {}  # the first clip's speed (its motion frames are still reference copies)
     for c, clip in zip(cases, imgs):
         ms = [S.measure_frame(f, c["identity"]) for f in clip]
         mouth += [x["mouth"] for x in ms]
