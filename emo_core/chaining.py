@@ -70,8 +70,8 @@ def first_motion_frames(image: torch.Tensor, n: int, face_box=None, face_mask: t
     [H, W] and a face whose centre lies outside the mask, the copies show the face at the centre of
     the mask's box (``move_face``): the motion frames are the video's past, and a past with the face
     elsewhere than the clip's makes the first clip's head turn on its own (bench/learning.py,
-    asked 1 deg/frame: 1.2-1.3 in the first clip instead of 2.8-3.3). A face inside its mask (a
-    mask made from the portrait's own face) is left where it is."""
+    asked 1 deg/frame, seeds 1 and 2: 1.2-1.3 in the first clip instead of 2.2-2.5). A face inside
+    its mask (a mask made from the portrait's own face) is left where it is."""
     if face_box is not None and face_mask is not None:
         h, w = face_mask.shape[-2:]
         cx = min(w - 1, max(0, int((face_box[0] + face_box[2]) / 2)))
