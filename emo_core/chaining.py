@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .preprocess.masks import mask_box
+
 
 def plan_clips(num_frames: int, clip_frames: int) -> list[range]:
     """Frame ranges of the clips; the last one may run past ``num_frames`` (padding)."""
@@ -41,27 +43,25 @@ def chain_clips(num_frames: int, clip_frames: int, motion_frames: int,
         yield clip[: max(0, min(clip_frames, num_frames - frames.start))]
 
 
-def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), ends exclusive, around a mask's pixels > 0.5 ([H, W]); None when it has none."""
-    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
-    if ys.numel() == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
 def move_face(image: torch.Tensor, face_box, target_box) -> torch.Tensor:
     """The portrait [C, H, W] moved by whole pixels so that the centre of ``face_box`` (x0, y0, x1,
     y1 in its pixels) lands on the centre of ``target_box``; the uncovered side repeats the edge."""
     dx = round((target_box[0] + target_box[2] - face_box[0] - face_box[2]) / 2)
     dy = round((target_box[1] + target_box[3] - face_box[1] - face_box[3]) / 2)
+    h, w = image.shape[-2:]
+    return translate(image, max(-w + 1, min(w - 1, dx)), max(-h + 1, min(h - 1, dy)))
+
+
+def translate(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``image`` [C, H, W] moved by (dx, dy) whole pixels (|dx| < W, |dy| < H); the uncovered
+    side repeats the edge pixels (exact for plain backgrounds)."""
     if dx == 0 and dy == 0:
         return image
     h, w = image.shape[-2:]
-    dx, dy = max(-w + 1, min(w - 1, dx)), max(-h + 1, min(h - 1, dy))
     pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
     padded = torch.nn.functional.pad(image[None].float(), pad, mode="replicate")[0].to(image.dtype)
     x0, y0 = max(-dx, 0), max(-dy, 0)
-    return padded[:, y0:y0 + h, x0:x0 + w]
+    return padded[:, y0:y0 + h, x0:x0 + w].contiguous()
 
 
 def first_motion_frames(image: torch.Tensor, n: int, face_box=None, face_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -174,15 +174,19 @@ def hallo_region_masks(face: Face, H: int, W: int, face_expand_ratio: float = 1.
     return out
 
 
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), ends exclusive, around a mask's pixels > 0.5 ([H, W]); None when it has none."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
 def regions_from_box_mask(mask: torch.Tensor) -> dict:
     """Hallo's masks approximated from a face-box mask [H, W] alone (no landmarks: the face is
     the box, the lip its lower middle); an empty mask counts as the whole frame."""
     h, w = mask.shape
-    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
-    if len(ys) == 0:
-        box = np.array([0, 0, w, h], np.float32)
-    else:
-        box = np.array([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1], np.float32)
+    box = np.array(mask_box(mask) or (0, 0, w, h), np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the no-landmarks approximation is the point here
         return hallo_region_masks(Face(box, 1.0, image_size=(h, w)), h, w, face_expand_ratio=1.0)

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from ..chaining import translate
+
 SHARD_FORMAT = "emo-shard-1"
 MANIFEST = "manifest.json"
 
@@ -231,10 +233,7 @@ def shift_face(image: torch.Tensor, box, rng: random.Random) -> torch.Tensor:
     lo_x, hi_x, lo_y, hi_y = math.ceil(-x0), math.floor(s - x1), math.ceil(-y0), math.floor(s - y1)
     dx = rng.randint(lo_x, hi_x) if hi_x >= lo_x else 0
     dy = rng.randint(lo_y, hi_y) if hi_y >= lo_y else 0
-    if dx == 0 and dy == 0:
-        return image
-    x = torch.nn.functional.pad(image[None], (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")[0]
-    return x[:, max(-dy, 0):max(-dy, 0) + s, max(-dx, 0):max(-dx, 0) + s].contiguous()
+    return translate(image, dx, dy)
 
 
 class ClipDataset(torch.utils.data.Dataset):
