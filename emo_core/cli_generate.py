@@ -462,7 +462,8 @@ def generate(args) -> int:
                                       sampler=sampler, guidance_interval=interval, join_denoise=args.join_denoise,
                                       speed_guidance=args.speed_guidance,
                                       noise_correlation=args.noise_correlation,
-                                      reference_box=None if framed.face is None else framed.face.box_xyxy):
+                                      reference_box=None if framed.face is None or framed.face.score <= 0
+                                      else framed.face.box_xyxy):
                 for part in ([clip] if paste is None else paste.iter(clip)):  # the photo's size, a few frames at a time
                     writer.write(part)
     except KeyboardInterrupt as exc:

@@ -30,6 +30,14 @@ from .windows import frame_windows, take_padded
 __all__ = ["EmoPipeline", "ReferenceState"]
 
 
+def clip_face_mask(face_mask: torch.Tensor | None, frames: range) -> torch.Tensor | None:
+    """A clip's face-locator mask [H, W]: ``face_mask`` itself when it is one for the whole video,
+    the union of the clip's frames' masks when it is [T, H, W] (as EMO)."""
+    if face_mask is not None and face_mask.ndim == 3:
+        return take_padded(face_mask, frames).amax(0)
+    return face_mask
+
+
 def first_motion_pixels(cfg: EmoConfig, image: torch.Tensor, face_mask: torch.Tensor | None = None,
                         reference_box=None) -> torch.Tensor:
     """The first clip's motion frames [n, H, W, 3] from the reference image [H, W, 3]: its copies,
@@ -317,17 +325,12 @@ class EmoPipeline:
         f, n = self.cfg.clip_frames, self.cfg.motion_frames
         clips = -(-total // f)
 
-        def clip_mask(frames: range):  # the union of the clip's masks, as EMO
-            if face_mask is not None and face_mask.ndim == 3:
-                return take_padded(face_mask, frames).amax(0)
-            return face_mask
-
         initial = None
         if motion_start == "reference" and n:
-            initial = first_motion_pixels(self.cfg, ref.image, clip_mask(range(f)), reference_box)
+            initial = first_motion_pixels(self.cfg, ref.image, clip_face_mask(face_mask, range(f)), reference_box)
 
         def make_clip(index: int, frames: range, motion_pixels):
-            mask = clip_mask(frames)
+            mask = clip_face_mask(face_mask, frames)
             clip_speed = None if speed is None else take_padded(speed, frames)
             motion_latents = None if motion_pixels is None else self.vae.encode_images(motion_pixels)
             cb = None if callback is None else (lambda s: callback({"clip": index + 1, "clips": clips, **s}))

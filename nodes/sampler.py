@@ -66,6 +66,7 @@ class ClipInputs:
 
         from emo_core import checks
         from emo_core.chaining import plan_clips
+        from emo_core.pipeline import clip_face_mask, first_motion_pixels
         from emo_core.windows import take_padded
 
         from .common import EmoNodeError, check_model, face_mask_for, regions_for, speed_for, widget
@@ -85,15 +86,13 @@ class ClipInputs:
         frames = plan[clip_index]
         n = cfgm.motion_frames
         mask = face_mask_for(face_mask, total, size)
-        clip_mask = mask if mask is None or mask.ndim == 2 else take_padded(mask, frames).amax(0)
+        clip_mask = clip_face_mask(mask, frames)
         if motion_frames is None:
             if clip_index > 0:
                 raise EmoNodeError(f"clip {clip_index} needs the previous clip's frames: connect EMO Decode Clip's "
                                    "IMAGE to motion_frames")
             motion_pixels = None
             if n:
-                from emo_core.pipeline import first_motion_pixels
-
                 motion_pixels = first_motion_pixels(cfgm, reference["image"], clip_mask, reference.get("face_box"))
         else:
             if tuple(motion_frames.shape[1:3]) != tuple(size):
